@@ -1,0 +1,1 @@
+"""dns6pn: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""edge_proxy: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""litefs_proxy: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""netns_lab: see docs/architecture.md."""

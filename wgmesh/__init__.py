@@ -1,0 +1,1 @@
+"""wgmesh: see docs/architecture.md."""
