@@ -1,0 +1,205 @@
+"""The mesh agent of one host: owns its WireGuard interface, keypair, mesh routes and isolation table,
+and follows the catalog live.
+
+Each reconcile reads the observed state (`wg show dump`, netlink), plans against the catalog, applies
+only the difference, then records the catalog version it has applied in `<state>/mesh/<host>.applied`
+(JSON), which `sixpn wg remove|create|reset` wait on. A reconcile also runs every `resync` seconds
+so drift (someone removed a peer by hand) heals; an empty diff applies nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog import Catalog, CatalogError, Follower, State
+from wgmesh import desired, keys, nftrules, wgctl
+from wgmesh.errors import MeshError
+from wgmesh.netlink import Netlink, NetOp
+from wgmesh.plan import Op, RemovePeer, SetListenPort, SetPeer, SetPrivateKey, WgOp, plan
+
+log = logging.getLogger("wgmesh.agent")
+POLL = 0.02
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    state_dir: Path
+    host: str
+    ifname: str
+    key_file: Path
+    listen_port: int = desired.WG_PORT
+    resync: float = 10.0
+    wg_log: Path | None = None
+
+
+def applied_path(state_dir: Path, host: str) -> Path:
+    return state_dir / "mesh" / f"{host}.applied"
+
+
+def read_applied(state_dir: Path, host: str) -> int | None:
+    """The catalog version the host's agent has applied, or None if no agent has written one."""
+    try:
+        return int(json.loads(applied_path(state_dir, host).read_text())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_applied(state_dir: Path, host: str, version: int, peers: int) -> None:
+    path = applied_path(state_dir, host)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"version": version, "peers": peers, "pid": os.getpid(), "time": time.time()}))
+    os.replace(tmp, path)  # atomic: a reader sees the old or the new version, never half a file
+
+
+def set_sysctls() -> None:
+    """Strict reverse-path filtering for IPv4 (RFC 3704 §2.2); IPv6's twin is the nft fib rule."""
+    for path in ("/proc/sys/net/ipv4/conf/all/rp_filter", "/proc/sys/net/ipv4/conf/default/rp_filter"):
+        try:
+            Path(path).write_text("1\n")
+        except OSError as exc:
+            log.warning("cannot set %s: %s", path, exc.strerror)
+
+
+def apply_nft(script: str) -> None:
+    try:
+        done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=30,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MeshError(f"nft: {exc}") from None
+    if done.returncode != 0:
+        raise MeshError(f"nft: {done.stderr.strip()}")
+
+
+def describe(op: Op) -> str:
+    if isinstance(op, SetPeer):
+        nets = ",".join(sorted(str(n) for n in op.spec.allowed_ips))
+        return f"{'add' if op.new else 'update'} peer {op.spec.label} {op.spec.public_key[:8]}… allowed-ips {nets}"
+    if isinstance(op, RemovePeer):
+        return f"remove peer {op.public_key[:8]}…"
+    if isinstance(op, SetPrivateKey):
+        return f"load private key of {op.public_key[:8]}… from key file"
+    return type(op).__name__ + " " + " ".join(str(v) for v in vars(op).values())
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, catalog: Catalog) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.pair = keys.load_or_create(config.key_file)
+        self.nft_script = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.net: Netlink | None = None
+
+    def start(self) -> None:
+        host = self.catalog.host(self.config.host)
+        if host.public_key != self.pair.public:
+            self.catalog.set_host_key(self.config.host, self.pair.public)
+        set_sysctls()
+        self._start_interface()
+
+    def _start_interface(self) -> None:
+        if self.net is not None:
+            self.net.close()
+        subprocess.run(["ip", "link", "del", self.config.ifname], capture_output=True, check=False)  # stale
+        self.proc = wgctl.start_wireguard_go(self.config.ifname, self.config.wg_log)
+        self.net = Netlink(self.config.ifname)
+        self.net.link_up(self.config.ifname)
+        log.info("interface %s up (wireguard-go pid %d), public key %s", self.config.ifname, self.proc.pid,
+                 self.pair.public)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            wgctl.stop(self.proc)
+        if self.net is not None:
+            self.net.close()
+
+    def reconcile(self, state: State) -> list[Op]:
+        """One pass: plan against what is there now and apply only that; returns the ops it applied."""
+        assert self.net is not None
+        want = desired.compute(state, self.config.host, self.pair.public, self.config.listen_port)
+        ops = plan(want, wgctl.show_dump(self.config.ifname), self.net.observe())
+        for group in in_order(ops):
+            if isinstance(group, list):
+                wgctl.apply(self.config.ifname, group, self.config.key_file)
+            else:
+                self.net.apply(group)
+        script = nftrules.render(nftrules.rules_for(state, self.config.host))
+        if script != self.nft_script:
+            apply_nft(script)
+            self.nft_script = script
+            log.info("nft table %s %s replaced", nftrules.FAMILY, nftrules.TABLE)
+        for op in ops:
+            log.info("v%d: %s", state.version, describe(op))
+        write_applied(self.config.state_dir, self.config.host, state.version, len(want.peers))
+        return ops
+
+    def _check_child(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            log.error("wireguard-go exited with %s; restarting the interface", self.proc.returncode)
+            self.nft_script = ""
+            self._start_interface()
+
+    async def run(self) -> None:
+        follower = Follower(self.catalog)
+        self.reconcile(follower.state)
+        last = time.monotonic()
+        while True:
+            changes = follower.poll()
+            self._check_child()
+            if changes or time.monotonic() - last >= self.config.resync:
+                try:
+                    self.reconcile(follower.state)
+                except (MeshError, CatalogError) as exc:
+                    log.error("reconcile at v%d failed: %s", follower.state.version, exc)
+                last = time.monotonic()
+            await asyncio.sleep(POLL)
+
+
+def in_order(ops: list[Op]) -> list[list[WgOp] | NetOp]:
+    """The planner's order kept, runs of consecutive wg ops merged into one `wg set` call."""
+    out: list[list[WgOp] | NetOp] = []
+    for op in ops:
+        if isinstance(op, SetPrivateKey | SetListenPort | SetPeer | RemovePeer):
+            if out and isinstance(out[-1], list):
+                out[-1].append(op)
+            else:
+                out.append([op])
+        else:
+            out.append(op)
+    return out
+
+
+async def _main(config: AgentConfig) -> None:
+    catalog = Catalog(config.state_dir)
+    agent = Agent(config, catalog)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        agent.start()
+        await agent.run()
+    except asyncio.CancelledError:
+        log.info("stopping")
+    finally:
+        agent.stop()
+        catalog.close()
+
+
+def run_agent(config: AgentConfig) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(_main(config))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio is the fallback
+        asyncio.run(_main(config))

@@ -1,0 +1,104 @@
+"""What one host's mesh should look like, computed from the catalog (pure: State in, Desired out).
+
+Every other host with a published key is a peer whose AllowedIPs are exactly the 6PN space living on it
+(spec 6pn-and-mesh.md "The host mesh"): the /80 `host_prefix(net, host)` of each network with a machine
+there (or, on a gateway, a laptop peer), plus the host's own mesh address. On a gateway the laptop peers
+attached to it are peers too, each allowed only its /120.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from catalog import State, addressing
+from catalog.models import Host
+from wgmesh.dump import Net
+from wgmesh.errors import MeshError
+
+WG_PORT = 51820
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    public_key: str
+    allowed_ips: frozenset[Net]
+    endpoint: str | None = None  # None: roaming (a laptop); we never pin it
+    keepalive: int = 0
+    label: str = ""  # host name or `peer/<name>`, for logs only
+
+
+@dataclass(frozen=True)
+class Desired:
+    host: str
+    public_key: str
+    listen_port: int
+    peers: Mapping[str, PeerSpec] = field(default_factory=dict)
+    wg_addresses: frozenset[ipaddress.IPv6Interface] = frozenset()
+    lo_addresses: frozenset[ipaddress.IPv6Interface] = frozenset()
+    routes: frozenset[ipaddress.IPv6Network] = frozenset()
+
+
+def endpoint_of(host: Host) -> str:
+    """`ip:port`, IPv6 in brackets, the form `wg show dump` prints (so the two compare as strings)."""
+    try:
+        ip = ipaddress.ip_address(host.underlay)
+    except ValueError as exc:
+        raise MeshError(f"host {host.name}: underlay {host.underlay!r} is not an IP address") from exc
+    return f"[{ip}]:{host.wg_port}" if ip.version == 6 else f"{ip}:{host.wg_port}"
+
+
+def networks_on(state: State, host: str) -> set[int]:
+    """Network ids with 6PN space on `host`: its machines' and (on a gateway) its laptop peers'."""
+    ids: set[int] = set()
+    for machine in state.machines.values():
+        if machine.host == host:
+            ids.add(addressing.network_id_of(machine.address))
+    for peer in state.peers.values():
+        if peer.host == host:
+            ids.add(addressing.network_id_of(peer.address))
+    return ids
+
+
+def host_allowed_ips(state: State, host: Host) -> frozenset[Net]:
+    nets: set[Net] = {addressing.host_prefix(n, host.host_id) for n in networks_on(state, host.name)}
+    nets.add(ipaddress.IPv6Network(host.mesh_address))
+    return frozenset(nets)
+
+
+def gateway_dns_addresses(state: State, host: str) -> frozenset[ipaddress.IPv6Interface]:
+    """`<network>::3/128` for each network with a laptop peer on this gateway (spec: DNS for peers)."""
+    ids = {addressing.network_id_of(p.address) for p in state.peers.values() if p.host == host}
+    return frozenset(ipaddress.IPv6Interface(f"{addressing.network_dns_address(n)}/128") for n in ids)
+
+
+def compute(state: State, host: str, public_key: str, listen_port: int = WG_PORT) -> Desired:
+    me = state.hosts.get(host)
+    if me is None:
+        raise MeshError(f"host {host!r} is not registered in the catalog")
+    peers: dict[str, PeerSpec] = {}
+    for other in sorted(state.hosts.values(), key=lambda h: h.host_id):
+        key = other.public_key
+        if other.name == host or not key or key == public_key or key in peers:
+            continue  # not yet keyed, or a duplicate key we must not let shadow a real peer
+        peers[key] = PeerSpec(key, host_allowed_ips(state, other), endpoint_of(other), 0, other.name)
+    lo: frozenset[ipaddress.IPv6Interface] = frozenset()
+    if me.role == "gateway":
+        for peer in sorted(state.peers.values(), key=lambda p: p.name):
+            if peer.host != host or not peer.public_key or peer.public_key in peers or peer.public_key == public_key:
+                continue
+            peers[peer.public_key] = PeerSpec(peer.public_key, frozenset({peer.prefix}), None, 0, f"peer/{peer.name}")
+        lo = gateway_dns_addresses(state, host)
+    routes = frozenset(
+        net for spec in peers.values() for net in spec.allowed_ips if isinstance(net, ipaddress.IPv6Network)
+    )
+    return Desired(
+        host=host,
+        public_key=public_key,
+        listen_port=listen_port if me.wg_port == WG_PORT else me.wg_port,
+        peers=peers,
+        wg_addresses=frozenset({ipaddress.IPv6Interface(f"{me.mesh_address}/128")}),
+        lo_addresses=lo,
+        routes=routes,
+    )
