@@ -1,0 +1,248 @@
+"""The streaming forwarder: one request from an `Exchange` to an upstream connection and the response back.
+
+Bodies stream both ways chunk by chunk (re-framed when needed, RFC 9112 §6-7) with back-pressure in both
+directions; a copy of the request body is kept up to `BodyTee.limit` so the request can be retried or
+replayed. `on_head` sees the response head before anything reaches the client and may rewrite its headers
+or return False to discard the response (fly-replay, or a LiteFS redirect).
+
+    tee = BodyTee(ex, limit=1 << 20)
+    result = await forward(ex, pool, ("::1", 8080), headers, tee, on_head=lambda head: True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_proxy.errors import HttpError, UpstreamError
+from edge_proxy.http1 import head as h
+from edge_proxy.http1.client import Key, UpstreamConnection, UpstreamPool
+from edge_proxy.http1.server import Exchange
+
+#: Framing fields set by the forwarder itself (RFC 9112 §6): never copied across.
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    first_byte: float = 60.0  # request sent -> response head received
+
+
+@dataclass
+class ForwardResult:
+    status: int
+    head: h.ResponseHead | None
+    discarded: bool  # on_head returned False: nothing was sent to the client
+    reused: bool
+    connect_time: float
+    upstream: Key
+
+
+class BodyTee:
+    """The request body as far as it was read, kept while it stays within `limit` bytes."""
+
+    def __init__(self, ex: Exchange, limit: int) -> None:
+        self.ex = ex
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+        self.consumed = False  # some of the body went to an upstream
+
+    def keep(self, data: bytes) -> None:
+        if self.overflow:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.overflow = True
+            self.parts = []
+        else:
+            self.parts.append(data)
+
+    @property
+    def complete(self) -> bool:
+        return self.ex.body.done and self.ex.body.error is None
+
+    @property
+    def replayable(self) -> bool:
+        """Whole body in hand (or none at all): can be sent again."""
+        return not self.overflow and (self.complete or not self.ex.head.has_body)
+
+    async def fill(self) -> bool:
+        """Read the rest of the body into the copy; False if it does not fit (or the client left)."""
+        body = self.ex.body
+        body.detach()
+        try:
+            while not self.overflow and (data := await body.read()):
+                self.keep(data)
+        except Exception:
+            return False
+        return self.replayable
+
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Flow:
+    """ResponseSink for one forwarded request."""
+
+    def __init__(self, ex: Exchange, conn: UpstreamConnection, on_head: Callable[[h.ResponseHead], bool]) -> None:
+        self.ex = ex
+        self.conn = conn
+        self.on_head = on_head
+        loop = asyncio.get_running_loop()
+        self.head_fut: asyncio.Future[h.ResponseHead] = loop.create_future()
+        self.done_fut: asyncio.Future[None] = loop.create_future()
+        self.head: h.ResponseHead | None = None
+        self.discard = False
+        self.request_sent = False
+        self.chunked_out = False
+
+    # -- ResponseSink -------------------------------------------------------------------------------
+
+    def response_head(self, head: h.ResponseHead) -> None:
+        self.head = head
+        if not self.on_head(head):
+            self.discard = True
+        elif head.status == 101:
+            self._start_tunnel(head)
+        else:
+            headers = [(k, v) for k, v in h.strip_hop_by_hop(head.headers) if k not in FRAMING]
+            no_body = head.framing == "none"
+            if no_body:
+                cl = head.header(b"content-length")
+                if cl is not None and head.status not in (204, 304) and head.status >= 200:
+                    headers.append((b"content-length", cl))  # HEAD keeps the length it would have had
+            length = head.content_length if head.framing == "length" else None
+            self.ex.start(head.status, headers, length=length, no_body=no_body, reason=head.reason)
+            self.ex.on_client_writable(self._client_writable)
+        if not self.head_fut.done():
+            self.head_fut.set_result(head)
+
+    def response_data(self, data: bytes) -> None:
+        if not self.discard:
+            self.ex.write(data)
+
+    def response_end(self) -> None:
+        if not self.discard:
+            self.ex.end()
+        self.ex.on_client_writable(None)
+        if not self.done_fut.done():
+            self.done_fut.set_result(None)
+
+    def upstream_lost(self, exc: BaseException) -> None:
+        self.ex.on_client_writable(None)
+        if self.head is not None and self.head.framing == "close" and not self.conn.tunnel:
+            self.response_end()  # a close-delimited body ends with the connection (RFC 9112 §6.3 rule 8)
+            return
+        if self.conn.tunnel:
+            self.ex.conn.close()
+            self.ex.finished = True
+        if not self.head_fut.done():
+            self.head_fut.set_exception(UpstreamError(f"upstream closed: {exc}", sent=self.request_sent))
+        if not self.done_fut.done():
+            self.done_fut.set_exception(UpstreamError(f"upstream closed mid-response: {exc}", sent=True))
+
+    def upstream_writable(self, writable: bool) -> None:
+        self.ex.pause_client(not writable)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.ex.write_raw(data)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _client_writable(self, writable: bool) -> None:
+        self.conn.pause_reading(not writable)
+
+    def _start_tunnel(self, head: h.ResponseHead) -> None:
+        headers = [(k, v) for k, v in h.strip_hop_by_hop(head.headers) if k not in FRAMING]
+        headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or self.ex.head.upgrade)]
+        self.ex.start(101, headers, length=None, no_body=True, reason=head.reason)
+        self.ex.on_client_writable(self._client_writable)
+        self.ex.tunnel(self.conn.write, self.conn.close)
+
+    def send_body(self, tee: BodyTee) -> None:
+        """Stream the request body to the upstream, keeping the copy in `tee`."""
+        ex, conn = self.ex, self.conn
+        chunked = self.chunked_out
+
+        def on_data(data: bytes) -> None:
+            tee.keep(data)
+            conn.write(h.chunk(data) if chunked else data)
+
+        def on_end(exc: BaseException | None) -> None:
+            if exc is not None:
+                conn.abort()  # a truncated body must not look complete upstream
+                return
+            if chunked:
+                conn.write(h.LAST_CHUNK)
+
+        tee.consumed = True
+        ex.send_continue()
+        ex.body.attach(on_data, on_end)
+
+
+def request_head_bytes(ex: Exchange, headers: h.Headers, body_length: int | None, chunked: bool) -> bytes:
+    out = [(k, v) for k, v in headers if k not in FRAMING]
+    if body_length is not None:
+        if body_length or ex.head.method in (b"POST", b"PUT", b"PATCH"):
+            out.append((b"content-length", str(body_length).encode()))
+    elif chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    if ex.head.upgrade:
+        out += [(b"connection", b"upgrade"), (b"upgrade", ex.head.upgrade)]
+    return h.serialize_request(ex.head, out)
+
+
+async def forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers, tee: BodyTee, *,
+                  on_head: Callable[[h.ResponseHead], bool] = lambda head: True,
+                  timeouts: Timeouts = Timeouts()) -> ForwardResult:
+    """Send `ex`'s request (with `headers`, already rewritten, hop-by-hop removed) to `key`.
+
+    Raises UpstreamError: `connect=True` when no connection could be made, `sent` when request bytes may
+    have reached the upstream. Once the response started, failures cut the client connection instead.
+    """
+    started = time.monotonic()
+    conn, reused = await pool.acquire(key, timeouts.connect)
+    connect_time = time.monotonic() - started
+    flow = _Flow(ex, conn, on_head)
+    conn.begin(flow, ex.head.method)
+    if tee.consumed:  # a retry or a replay: the body is all in the copy
+        body = tee.data()
+        conn.write(request_head_bytes(ex, headers, len(body), False) + body)
+    elif not ex.head.has_body:
+        conn.write(request_head_bytes(ex, headers, 0, False))
+    else:
+        flow.chunked_out = ex.head.framing == "chunked"
+        length = ex.head.content_length if ex.head.framing == "length" else None
+        conn.write(request_head_bytes(ex, headers, length, flow.chunked_out))
+        flow.send_body(tee)
+    flow.request_sent = True
+    try:
+        head = await asyncio.wait_for(flow.head_fut, timeouts.first_byte)
+    except TimeoutError:
+        conn.abort()
+        raise HttpError(504, "PR05", f"no response from upstream within {timeouts.first_byte:g}s") from None
+    except UpstreamError as exc:
+        if reused and not conn.responded:
+            exc.stale = True
+        conn.abort()
+        raise
+    try:
+        await flow.done_fut
+    except UpstreamError:
+        if flow.discard:
+            conn.abort()
+        elif not ex.finished:
+            ex.abort()
+        return ForwardResult(head.status, head, flow.discard, reused, connect_time, key)
+    if not ex.body.done or ex.body.error is not None:
+        conn.reusable = False  # the upstream answered before the whole request body went out
+    if conn.tunnel:
+        conn.close()
+    else:
+        pool.release(conn)
+    return ForwardResult(head.status, head, flow.discard, reused, connect_time, key)

@@ -1,0 +1,217 @@
+"""Request/response heads, the framing rules of RFC 9112 and hop-by-hop handling (RFC 9110 §7.6.1).
+
+Header names are kept lower-cased (HTTP field names are case-insensitive, RFC 9110 §5.1); values are the
+raw bytes. Everything here is pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge_proxy.errors import HttpError
+
+Headers = list[tuple[bytes, bytes]]
+Framing = Literal["none", "length", "chunked", "close"]
+
+#: RFC 9110 §7.6.1 plus the de-facto ones every proxy strips.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"proxy-authenticate", b"proxy-authorization",
+})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]{1,5})?$")
+
+REASONS = {
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No Content",
+    301: "Moved Permanently", 302: "Found", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+    421: "Misdirected Request", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    505: "HTTP Version Not Supported", 508: "Loop Detected",
+}
+
+
+def get(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of `name` (lower-case), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def get_all(headers: Headers, name: bytes) -> list[bytes]:
+    return [value for key, value in headers if key == name]
+
+
+def remove(headers: Headers, names: frozenset[bytes] | set[bytes]) -> Headers:
+    return [(k, v) for k, v in headers if k not in names]
+
+
+def tokens(value: bytes) -> set[bytes]:
+    """Comma-separated tokens of a list header, lower-cased (`Connection: keep-alive, Upgrade`)."""
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    found: set[bytes] = set()
+    for key, value in headers:
+        if key == b"connection":
+            found |= tokens(value)
+    return found
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Drop RFC 9110 §7.6.1 hop-by-hop fields and every field the Connection header names."""
+    extra = connection_tokens(headers)
+    drop = HOP_BY_HOP | extra if extra else HOP_BY_HOP
+    return [(k, v) for k, v in headers if k not in drop]
+
+
+@dataclass
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: Headers
+    framing: Framing = "none"
+    content_length: int = 0
+    keep_alive: bool = True
+    upgrade: bytes = b""  # the Upgrade protocol when the client asked for one (RFC 9110 §7.8)
+    expect_continue: bool = False
+    host: bytes = b""
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT
+
+    @property
+    def has_body(self) -> bool:
+        return self.framing in ("length", "chunked") and not (self.framing == "length" and self.content_length == 0)
+
+    def header(self, name: bytes) -> bytes | None:
+        return get(self.headers, name)
+
+
+@dataclass
+class ResponseHead:
+    status: int
+    headers: Headers
+    reason: bytes = b""
+    version: bytes = b"1.1"
+    framing: Framing = "none"
+    content_length: int = 0
+    keep_alive: bool = True
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def header(self, name: bytes) -> bytes | None:
+        return get(self.headers, name)
+
+
+def request_framing(headers: Headers, version: bytes) -> tuple[Framing, int]:
+    """How a request body is delimited (RFC 9112 §6.3); ambiguity is a 400, never forwarded.
+
+    llhttp already refuses most smuggling shapes; this re-checks them on the parsed fields so the rule
+    holds whatever parser leniency is set.
+    """
+    te = get_all(headers, b"transfer-encoding")
+    cl = get_all(headers, b"content-length")
+    if te:
+        if cl:  # §6.1: a sender MUST NOT send both; a proxy must not forward such a message.
+            raise HttpError(400, "PH01", "both Content-Length and Transfer-Encoding")
+        if version == b"1.0":  # §6.1: Transfer-Encoding in HTTP/1.0 is a sign of smuggling.
+            raise HttpError(400, "PH01", "Transfer-Encoding in an HTTP/1.0 request")
+        codings = [t.strip().lower() for v in te for t in v.split(b",")]
+        if codings != [b"chunked"]:  # §6.3 rule 4: chunked must be last; we accept chunked alone.
+            raise HttpError(501 if codings and codings[-1] == b"chunked" else 400, "PH01",
+                            "unsupported Transfer-Encoding")
+        return "chunked", 0
+    if cl:
+        if len(cl) > 1 or not cl[0].isdigit() or len(cl[0]) > 18:  # §6.3 rule 5: duplicates and lists refused
+            raise HttpError(400, "PH01", "invalid or duplicate Content-Length")
+        length = int(cl[0])
+        return ("length", length) if length else ("none", 0)
+    return "none", 0
+
+
+def response_framing(status: int, headers: Headers, request_method: bytes) -> tuple[Framing, int]:
+    """How a response body is delimited (RFC 9112 §6.3 rules 1-7)."""
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        return "none", 0
+    te = get(headers, b"transfer-encoding")
+    if te is not None:
+        return ("chunked", 0) if te.lower().rstrip().endswith(b"chunked") else ("close", 0)
+    cl = get_all(headers, b"content-length")
+    if cl:
+        if len(set(cl)) > 1 or not cl[0].strip().isdigit():
+            raise HttpError(502, "PR06", "upstream sent an invalid Content-Length")
+        return "length", int(cl[0].strip())
+    return "close", 0
+
+
+def validate_request(head: RequestHead, max_headers: int = 100) -> None:
+    """The checks llhttp leaves to the application: Host (RFC 9112 §3.2), CONNECT, header count."""
+    if len(head.headers) > max_headers:
+        raise HttpError(431, "PH02", "too many header fields")
+    hosts = get_all(head.headers, b"host")
+    if len(hosts) > 1:
+        raise HttpError(400, "PH01", "more than one Host header")
+    if not hosts and head.version != b"1.0":
+        raise HttpError(400, "PH01", "missing Host header")
+    host = hosts[0].strip() if hosts else b""
+    if host and not _HOST.match(host):
+        raise HttpError(400, "PH01", "invalid Host header")
+    head.host = host
+    if head.method == b"CONNECT":
+        raise HttpError(405, "PH05", "CONNECT is not supported")
+    if not head.target.startswith(b"/"):
+        if head.target == b"*" and head.method == b"OPTIONS":
+            return
+        # absolute-form (RFC 9112 §3.2.2): accept, taking the authority as Host.
+        if head.target.lower().startswith((b"http://", b"https://")):
+            rest = head.target.split(b"://", 1)[1]
+            authority, _, path = rest.partition(b"/")
+            head.host = authority
+            head.target = b"/" + path
+            return
+        raise HttpError(400, "PH01", "invalid request target")
+    for name, _ in head.headers:
+        if not _TOKEN.match(name):
+            raise HttpError(400, "PH01", "invalid header name")
+
+
+def host_name(host: bytes) -> str:
+    """`Web.Example.com:8080` -> `web.example.com`; `[::1]:80` -> `::1`."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:].split("]", 1)[0]
+    return text.rsplit(":", 1)[0] if ":" in text else text.rstrip(".")
+
+
+def serialize_request(head: RequestHead, headers: Headers) -> bytes:
+    """Request line + headers, as sent upstream (always HTTP/1.1, RFC 9110 §6.2 'highest minor')."""
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def serialize_response(status: int, headers: Headers, reason: bytes = b"", version: bytes = b"1.1") -> bytes:
+    if not reason:
+        reason = REASONS.get(status, "Unknown").encode()
+    parts = [b"HTTP/", version, b" ", str(status).encode(), b" ", reason, b"\r\n"]
+    for name, value in headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of the chunked transfer coding (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

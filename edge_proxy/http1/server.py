@@ -1,0 +1,493 @@
+"""The client-facing HTTP/1.1 server Protocol: parsing with httptools (llhttp), keep-alive, pipelining,
+timeouts, back-pressure, Upgrade, and the `Exchange` a handler answers.
+
+Usage:
+
+    async def handler(ex: Exchange) -> None:
+        ex.respond(200, [(b"content-type", b"text/plain")], b"hi\\n")
+
+    server = await loop.create_server(lambda: ServerConnection(handler, ServerLimits()), "127.0.0.1", 0)
+
+A handler runs as one task per request; requests on one connection are handled in order. Errors in the
+request (framing, oversized head, timeouts) are answered here with a coded error and never reach the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+
+from edge_proxy.errors import HttpError
+from edge_proxy.http1 import head as h
+from edge_proxy.http1.body import Body, BodyError
+
+log = logging.getLogger("edge_proxy.http1")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_head_bytes: int = 32 * 1024  # request line + headers; beyond it: 431 (RFC 6585 §5)
+    max_headers: int = 100
+    header_timeout: float = 10.0  # from the first byte of a request to the end of its head
+    idle_timeout: float = 60.0  # keep-alive wait for the next request
+    body_high_water: int = 256 * 1024  # request body bytes held before reading pauses
+    write_high_water: int = 256 * 1024  # response bytes queued before the producer is paused
+
+
+Handler = Callable[["Exchange"], Awaitable[None]]
+
+
+def error_response(exc: HttpError, extra: h.Headers = ()) -> tuple[int, h.Headers, bytes]:  # type: ignore[assignment]
+    body = f"{exc.status} {exc.code}: {exc.detail}\n".encode()
+    headers: h.Headers = [(b"content-type", b"text/plain; charset=utf-8"),
+                          (b"fly-proxy-error", exc.code.encode()), *extra]
+    return exc.status, headers, body
+
+
+class Exchange:
+    """One request and its response on a client connection."""
+
+    def __init__(self, conn: ServerConnection, head: h.RequestHead) -> None:
+        self.conn = conn
+        self.head = head
+        self.body = Body(conn._body_pressure, conn.limits.body_high_water)
+        self.started = False  # response head sent
+        self.finished = False  # response complete
+        self.status = 0
+        self.sent_bytes = 0
+        self.close_after = not head.keep_alive
+        self.error_code = ""
+        self.state: dict[str, Any] = {}
+        self._chunked = False
+        self._tunnel_sink: Callable[[bytes], None] | None = None
+        self._tunnel_close: Callable[[], None] | None = None
+
+    # -- what a handler reads --------------------------------------------------------------------
+
+    @property
+    def client_addr(self) -> tuple[str, int]:
+        return self.conn.peer
+
+    @property
+    def local_port(self) -> int:
+        return self.conn.local_port
+
+    @property
+    def scheme(self) -> str:
+        return self.conn.scheme
+
+    @property
+    def client_gone(self) -> bool:
+        return self.conn.closed
+
+    # -- responding -------------------------------------------------------------------------------
+
+    def respond(self, status: int, headers: h.Headers, body: bytes = b"", *, code: str = "") -> None:
+        """A complete response with a Content-Length."""
+        if code:
+            self.error_code = code
+        no_body = self.head.method == b"HEAD" or status in (204, 304) or status < 200
+        self.start(status, [*headers, (b"content-length", str(len(body)).encode())], length=len(body),
+                   no_body=True)
+        if body and not no_body:
+            self._write(body)
+        self.end()
+
+    def respond_error(self, exc: HttpError, extra: h.Headers = ()) -> None:  # type: ignore[assignment]
+        status, headers, body = error_response(exc, list(extra))
+        self.respond(status, headers, body, code=exc.code)
+
+    def send_continue(self) -> None:
+        """`100 Continue` (RFC 9110 §10.1.1) when the client asked and no response started yet."""
+        if self.head.expect_continue and not self.started and not self.body.received:
+            self.head.expect_continue = False
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def start(self, status: int, headers: h.Headers, *, length: int | None, no_body: bool = False,
+              reason: bytes = b"") -> None:
+        """Send the response head. `headers` carry no framing fields unless `no_body`; `length` None means
+        unknown: chunked to an HTTP/1.1 client, close-delimited to HTTP/1.0 (RFC 9112 §6.3)."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        out = headers
+        if status == 101:
+            self.close_after = True
+        elif not no_body:
+            if length is not None:
+                out = [*out, (b"content-length", str(length).encode())]
+            elif self.head.version == b"1.1":
+                self._chunked = True
+                out = [*out, (b"transfer-encoding", b"chunked")]
+            else:
+                self.close_after = True
+        if self.conn.draining:
+            self.close_after = True
+        if status != 101:
+            if self.close_after:
+                out = [*out, (b"connection", b"close")]
+            elif self.head.version == b"1.0":
+                out = [*out, (b"connection", b"keep-alive")]
+        self.conn.write(h.serialize_response(status, out, reason))
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._write(h.chunk(data) if self._chunked else data)
+
+    def _write(self, data: bytes) -> None:
+        self.sent_bytes += len(data)
+        self.conn.write(data)
+
+    def end(self) -> None:
+        if self.finished:
+            return
+        if self._chunked:
+            self.conn.write(h.LAST_CHUNK)
+        self.finished = True
+
+    def abort(self) -> None:
+        """Cut the connection: the response cannot be completed correctly."""
+        self.finished = True
+        self.close_after = True
+        self.conn.abort()
+
+    async def drain(self) -> None:
+        await self.conn.drain()
+
+    def on_client_writable(self, listener: Callable[[bool], None] | None) -> None:
+        """`listener(False)` when the client's send buffer is full, `listener(True)` when it drained."""
+        self.conn.write_listener = listener
+
+    # -- Upgrade tunnelling (RFC 9110 §7.8) ------------------------------------------------------------
+
+    def tunnel(self, on_data: Callable[[bytes], None], on_close: Callable[[], None]) -> None:
+        """After a 101 was sent: raw client bytes go to `on_data`; `write_raw` sends raw bytes back."""
+        self._tunnel_sink, self._tunnel_close = on_data, on_close
+        self.conn.start_tunnel(self)
+
+    def write_raw(self, data: bytes) -> None:
+        self.sent_bytes += len(data)
+        self.conn.write(data)
+
+    def pause_client(self, paused: bool) -> None:
+        """Stop/start reading the client socket (back-pressure from a slow upstream)."""
+        self.conn.set_paused("upstream", paused)
+
+
+class ServerConnection(asyncio.Protocol):
+    def __init__(self, handler: Handler, limits: ServerLimits, *, scheme: str = "http",
+                 on_open: Callable[[ServerConnection], None] | None = None,
+                 on_close: Callable[[ServerConnection], None] | None = None) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.scheme = scheme
+        self._on_open = on_open
+        self._on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer: tuple[str, int] = ("", 0)
+        self.local_port = 0
+        self.closed = False
+        self.draining = False
+        self.write_listener: Callable[[bool], None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._pending: deque[Exchange] = deque()
+        self._current: Exchange | None = None
+        self._parsing: Exchange | None = None
+        self._tunnel: Exchange | None = None
+        self._tunnel_backlog: list[bytes] = []
+        self._in_head = False
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: h.Headers = []
+        self._paused: set[str] = set()
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.limits.write_high_water)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        if peer:
+            self.peer = (str(peer[0]), int(peer[1]))
+        if sock:
+            self.local_port = int(sock[1])
+        self._arm(self.limits.idle_timeout)
+        if self._on_open is not None:
+            self._on_open(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._disarm()
+        gone = BodyError("client closed the connection")
+        for ex in (self._current, self._parsing, *self._pending):
+            if ex is not None:
+                ex.body.fail(gone)
+        if self._tunnel is not None and self._tunnel._tunnel_close is not None:
+            self._tunnel._tunnel_close()
+        self._wake_drain()
+        if self.write_listener is not None:
+            self.write_listener(True)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            sink = self._tunnel._tunnel_sink
+            if sink is None:
+                self._tunnel_backlog.append(data)
+            else:
+                sink(data)
+            return
+        if self._in_head or self._parsing is None:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._begin_upgrade(data[int(upgrade.args[0]):])
+            return
+        except HttpError as exc:
+            self._fail(exc)
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HttpError):
+                self._fail(cause)
+            else:
+                self._fail(HttpError(400, "PH01", f"malformed request: {exc}"))
+            return
+        if self._in_head and self._head_bytes > self.limits.max_head_bytes:
+            self._fail(HttpError(431, "PH02", "request head too large"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.write_listener is not None:
+            self.write_listener(False)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+        if self.write_listener is not None:
+            self.write_listener(True)
+
+    # -- httptools callbacks ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        if self._current is None:
+            self._arm(self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        if len(self._headers) > self.limits.max_headers:
+            raise HttpError(431, "PH02", "too many header fields")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
+        if size > self.limits.max_head_bytes:
+            raise HttpError(431, "PH02", "request head too large")
+        parser = self.parser
+        version = parser.get_http_version().encode()
+        if version not in (b"1.1", b"1.0"):
+            raise HttpError(505, "PH01", "HTTP version not supported")
+        framing, length = h.request_framing(self._headers, version)
+        headers = self._headers
+        upgrade = b""
+        if parser.should_upgrade():
+            upgrade = h.get(headers, b"upgrade") or b""
+        expect = h.get(headers, b"expect")
+        head = h.RequestHead(
+            method=parser.get_method(), target=self._url, version=version, headers=headers, framing=framing,
+            content_length=length, keep_alive=parser.should_keep_alive(), upgrade=upgrade,
+            expect_continue=expect is not None and expect.lower() == b"100-continue" and version == b"1.1",
+        )
+        h.validate_request(head, self.limits.max_headers)
+        self._head_bytes = 0
+        ex = Exchange(self, head)
+        self._parsing = ex
+        if self._current is None:
+            self._disarm()
+            self._start(ex)
+        else:
+            self._pending.append(ex)
+            self.set_paused("pipeline", True)  # one request ahead is enough (RFC 9112 §9.3.2)
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None:
+            self._parsing.body.finish()
+            self._parsing = None
+
+    # -- running exchanges -----------------------------------------------------------------------------
+
+    def _start(self, ex: Exchange) -> None:
+        self._current = ex
+        self._task = self._loop.create_task(self._run(ex))
+
+    async def _run(self, ex: Exchange) -> None:
+        try:
+            await self.handler(ex)
+        except HttpError as exc:
+            if not ex.started:
+                ex.respond_error(exc)
+            else:
+                ex.abort()
+        except asyncio.CancelledError:
+            ex.abort()
+            raise
+        except Exception:
+            log.exception("handler failed")
+            if not ex.started and not self.closed:
+                ex.respond_error(HttpError(500, "PR99", "internal proxy error"))
+            else:
+                ex.abort()
+        self._finish(ex)
+
+    def _finish(self, ex: Exchange) -> None:
+        if not ex.finished:
+            ex.abort()
+        self._current = None
+        self._task = None
+        if self.closed or self._tunnel is not None:
+            return
+        if ex.close_after or not ex.body.done or self.draining:
+            # A request body left unread cannot be skipped safely: close (RFC 9112 §9.6).
+            self.close()
+            return
+        if self._pending:
+            nxt = self._pending.popleft()
+            self.set_paused("pipeline", bool(self._pending))
+            self._start(nxt)
+        elif self._in_head:
+            self._arm(self.limits.header_timeout)
+        else:
+            self._arm(self.limits.idle_timeout)
+
+    def _fail(self, exc: HttpError) -> None:
+        """A broken request: answer it (if nothing is in flight) and close; never forward it."""
+        log.debug("rejecting request: %s", exc)
+        for ex in (self._parsing, *self._pending):
+            if ex is not None:
+                ex.body.fail(exc)
+        if self._current is None or self._current.finished:
+            status, headers, body = error_response(exc)
+            headers = [*headers, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+            self.write(h.serialize_response(status, headers) + body)
+            if self._on_reject is not None:
+                self._on_reject(self, exc)
+        self.close()
+
+    _on_reject: Callable[[ServerConnection, HttpError], None] | None = None
+
+    # -- Upgrade ---------------------------------------------------------------------------------------
+
+    def _begin_upgrade(self, rest: bytes) -> None:
+        # Bytes after the head belong to the new protocol: held until the upstream accepted (101).
+        if rest:
+            self._tunnel_backlog.append(rest)
+        self.set_paused("upgrade", True)
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        self._tunnel = ex
+        self._disarm()
+        backlog, self._tunnel_backlog = self._tunnel_backlog, []
+        for data in backlog:
+            if ex._tunnel_sink is not None:
+                ex._tunnel_sink(data)
+        self.set_paused("upgrade", False)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if not self._write_paused or self.closed:
+            return
+        fut = self._loop.create_future()
+        self._drain_waiters.append(fut)
+        await fut
+
+    def _wake_drain(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def set_paused(self, reason: str, paused: bool) -> None:
+        before = bool(self._paused)
+        if paused:
+            self._paused.add(reason)
+        else:
+            self._paused.discard(reason)
+        after = bool(self._paused)
+        if self.transport is None or self.closed or before == after:
+            return
+        with contextlib.suppress(RuntimeError):
+            if after:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _body_pressure(self, paused: bool) -> None:
+        self.set_paused("body", paused)
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._timer = self._loop.call_later(delay, self._timeout)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timeout(self) -> None:
+        self._timer = None
+        if self._current is not None or self.closed:
+            return
+        if self._in_head:
+            self._fail(HttpError(408, "PH03", "timed out reading the request head"))
+        else:
+            self.close()  # idle keep-alive connection: close silently (RFC 9112 §9.8)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self._current is None and not self._in_head and self._tunnel is None
+
+    def start_drain(self) -> None:
+        """Graceful shutdown: idle connections close now, busy ones after their current response."""
+        self.draining = True
+        if self.idle:
+            self.close()
