@@ -1,0 +1,178 @@
+"""The resolver core: (packet, source address, catalog state) → reply bytes, or a request to forward.
+
+No I/O. The UDP/TCP adapters call `Engine.handle`; the catalog follower calls `Engine.update`. Replies to
+`.internal` questions are encoded once per (network, region, question, EDNS shape) and kept: a repeated
+question costs a header parse, two dict lookups and an ID patch. Any catalog change drops the lot.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+
+from catalog import Network, RegionTable, State, addressing, default_regions
+from catalog.errors import CatalogError
+from dns6pn import wire
+from dns6pn.answer import choose, encode
+from dns6pn.zone import NetworkZone
+
+log = logging.getLogger("dns6pn")
+
+DEFAULT_TTL = 5
+#: Bounds on what one server holds, whatever it is sent: replies cached and sources remembered.
+DEFAULT_CACHE_ENTRIES = 20_000
+SOURCE_ENTRIES = 20_000
+
+Scope = tuple[int, str | None]  # (network id, region of the querying host)
+_FLAGS = struct.Struct("!H")
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Not ours: relay the packet, unchanged, to the upstream resolvers (tcp: over TCP)."""
+
+    packet: bytes
+    question_end: int
+
+
+class _Entry:
+    """One cached reply: the full answer and, built when first needed, its truncated UDP form."""
+
+    __slots__ = ("full", "opt", "question_end", "small")
+
+    def __init__(self, full: bytes, question_end: int, opt: bytes) -> None:
+        self.full = full
+        self.question_end = question_end
+        self.opt = opt
+        self.small: bytes | None = None
+
+    def truncated(self) -> bytes:
+        if self.small is None:
+            self.small = wire.truncated(self.full, self.question_end, self.opt)
+        return self.small
+
+
+class Engine:
+    def __init__(
+        self,
+        state: State,
+        *,
+        ttl: int = DEFAULT_TTL,
+        forwarding: bool = False,
+        regions: RegionTable | None = None,
+        source_override: str | None = None,
+        max_udp: int = wire.DEFAULT_MAX_UDP,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        fallback_region: str | None = None,
+    ) -> None:
+        """`forwarding`: upstreams exist (else non-`.internal` gets REFUSED). `source_override`: a 6PN
+        address that stands in for every query's source (loopback tests). `fallback_region`: the region
+        used for `nearest` when the querying host is unknown (the region of the host this serves on)."""
+        self.ttl = ttl
+        self.forwarding = forwarding
+        self.regions = regions or default_regions()
+        self.source_override = source_override
+        self.max_udp = max(512, min(max_udp, 65535))
+        self.cache_entries = cache_entries
+        self.fallback_region = fallback_region
+        self.cache: dict[tuple[object, ...], _Entry] = {}
+        self.sources: dict[str, Scope | None] = {}
+        self.zones: dict[int, NetworkZone] = {}
+        self.state = state
+        self.networks: dict[int, Network] = {}
+        self.host_regions: dict[int, str] = {}
+        self.update(state)
+
+    # -- catalog side ------------------------------------------------------------------------------
+
+    def update(self, state: State) -> None:
+        """The catalog moved (or was replaced): forget every cached reply, zone and source mapping."""
+        self.state = state
+        self.networks = {n.net_id: n for n in state.networks.values()}
+        self.host_regions = {h.host_id: h.region for h in state.hosts.values()}
+        self.cache.clear()
+        self.sources.clear()
+        self.zones.clear()
+
+    def scope_of(self, source: str) -> Scope | None:
+        """The querying network (and host region) from the source address; None when not a member of any."""
+        scope = self.sources.get(source, False)
+        if scope is False:
+            scope = self._scope(self.source_override or source)
+            if len(self.sources) >= SOURCE_ENTRIES:
+                self.sources.clear()
+            self.sources[source] = scope
+        return scope  # type: ignore[return-value]
+
+    def _scope(self, source: str) -> Scope | None:
+        try:
+            parts = addressing.parse(source.split("%", 1)[0])
+        except CatalogError:
+            return None
+        if parts.network_id not in self.networks:
+            return None
+        return parts.network_id, self.host_regions.get(parts.host_id, self.fallback_region)
+
+    def zone(self, net_id: int) -> NetworkZone:
+        zone = self.zones.get(net_id)
+        if zone is None:
+            zone = self.zones[net_id] = NetworkZone(self.state, self.networks[net_id], self.regions)
+        return zone
+
+    # -- packet side ---------------------------------------------------------------------------------
+
+    def handle(self, data: bytes, source: str, tcp: bool = False) -> bytes | Forward | None:
+        """The reply to one packet (None: send nothing). Never raises: a fault becomes SERVFAIL."""
+        try:
+            return self._handle(data, source, tcp)
+        except wire.Drop:
+            return None
+        except wire.Reject as exc:
+            return wire.reply(data, exc.rcode, exc.question_end, exc.edns, ra=self.forwarding,
+                              udp_size=self.max_udp)
+        except Exception:
+            log.exception("fault answering a query from %s", source)
+            return wire.reply(data, wire.SERVFAIL) if len(data) >= 12 else None
+
+    def _handle(self, data: bytes, source: str, tcp: bool) -> bytes | Forward | None:
+        query = wire.parse(data)
+        edns = query.edns
+        if edns is not None and edns.version != 0:
+            raise wire.Reject(wire.BADVERS, query.end, edns)
+        scope = self.scope_of(source)
+        if scope is None:
+            # Not a member of any network: nothing of ours, and never an open resolver (spec).
+            raise wire.Reject(wire.REFUSED, query.end, edns)
+        shape = 0 if edns is None else (2 if edns.do else 1)
+        key = (scope, query.qname, query.qtype, query.qclass, shape)
+        entry = self.cache.get(key)
+        if entry is None:
+            if not query.internal:
+                if not self.forwarding:
+                    raise wire.Reject(wire.REFUSED, query.end, edns)
+                return Forward(data, query.end)
+            entry = self._build(query, scope)
+            if len(self.cache) >= self.cache_entries:
+                self.cache.clear()
+            self.cache[key] = entry
+        out = entry.full
+        if not tcp:
+            limit = 512 if edns is None else min(edns.udp_size, self.max_udp)
+            if len(out) > limit:
+                out = entry.truncated()
+        flags = _FLAGS.unpack_from(out, 2)[0] | (query.flags & wire.ECHO_BITS)
+        # ID and flags are the asker's; the question bytes are the asker's too, so its case is echoed.
+        return data[:2] + _FLAGS.pack(flags) + out[4:12] + data[12 : query.end] + out[query.end :]
+
+    def _build(self, query: wire.Query, scope: Scope) -> _Entry:
+        if query.qclass not in (wire.C_IN, wire.C_ANY):
+            raise wire.Reject(wire.REFUSED, query.end, query.edns)
+        net_id, region = scope
+        labels = tuple(label.decode("latin-1") for label in query.labels()[:-1])
+        node = self.zone(net_id).lookup(labels, region)
+        answer = choose(node, query.qtype, apex=not labels)
+        full = encode(query, answer, ttl=self.ttl, serial=self.state.version, ra=self.forwarding,
+                      udp_size=self.max_udp)
+        opt = full[-11:] if query.edns is not None else b""
+        return _Entry(full, query.end, opt)
