@@ -3,7 +3,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMPS    := .make
 APT_PACKAGES := wireguard-tools wireguard-go nftables iproute2 iputils-ping dnsutils curl wrk \
-                nginx-light nsd dnsperf procps qrencode kmod
+                nginx-light nsd dnsperf procps qrencode kmod openresolv
 
 .PHONY: all setup test lint typecheck unit demo bench clean
 all: test
