@@ -1,0 +1,349 @@
+"""The lab's Python API, shared by the CLI (`sixpn lab ...`) and the pytest fixture.
+
+    lab = Lab.up(topology, "sx")      # build everything; returns once the delay line and services run
+    lab.exec("client-gru", ["ping", "-c1", "192.0.2.1"])
+    lab.cut("edge-gru"); lab.heal("edge-gru")
+    Lab.down("sx")                    # idempotent; also cleans what a crashed run left
+
+The run directory `/run/sixpn-lab/<id>/` holds `lab.json` (the topology), `state/` (the lab's catalog),
+`logs/`, `keys/`, `services/` (the supervisor's desired state), `pids/`, `status.json`, `delay.json`,
+`cut.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from catalog import Catalog, CatalogError, default_regions
+from netns_lab import plan as planmod
+from netns_lab import services, system, topology
+from netns_lab.delaycore import DelayConfig
+from netns_lab.errors import LabError, LabStateError
+from netns_lab.plan import Plan
+from netns_lab.system import Batch
+
+RUN_ROOT = Path("/run/sixpn-lab")
+ETC_NETNS = Path("/etc/netns")
+WG_SOCKETS = Path("/var/run/wireguard")
+DEFAULT_ID = "sx"
+READY_TIMEOUT = 15.0
+REQUIRED_TOOLS = ("ip",)
+
+
+def default_lab_id() -> str:
+    return os.environ.get("SIXPN_LAB") or DEFAULT_ID
+
+
+def run_dir_of(lab_id: str) -> Path:
+    return RUN_ROOT / planmod.check_lab_id(lab_id)
+
+
+def check_environment() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces)")
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise LabError(f"missing tools: {', '.join(missing)}")
+    if not Path("/dev/net/tun").exists():
+        raise LabError("/dev/net/tun is missing (the delay line needs TUN devices)")
+
+
+def _wait(what: str, ready: Any, timeout: float, run_dir: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            hint = f" (see {run_dir / 'logs'})" if run_dir else ""
+            raise LabError(f"timed out waiting for {what}{hint}")
+        time.sleep(0.02)
+
+
+class Lab:
+    """A running lab, attached through its run directory."""
+
+    def __init__(self, lab_id: str | None = None) -> None:
+        self.lab_id = planmod.check_lab_id(lab_id or default_lab_id())
+        self.run_dir = run_dir_of(self.lab_id)
+        try:
+            doc = json.loads((self.run_dir / "lab.json").read_text())
+        except (OSError, ValueError):
+            raise LabStateError(f"lab {self.lab_id} is not up (no {self.run_dir / 'lab.json'})") from None
+        self.topology_text = str(doc["topology"])
+        self.topology = topology.loads(self.topology_text)
+        self.plan: Plan = planmod.make_plan(self.lab_id, self.topology)
+        self.regions = default_regions()
+
+    # -- paths and handles ---------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "state"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.state_dir)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @classmethod
+    def up(cls, topo: topology.Topology | str | Path | None = None, lab_id: str | None = None,
+           host_services: bool = True) -> Lab:
+        """Build a lab (cleaning any earlier one with this id first). `topo`: a Topology, a TOML file path,
+        or None for the default three-region topology."""
+        check_environment()
+        lab_id = planmod.check_lab_id(lab_id or default_lab_id())
+        text = _topology_text(topo)
+        probe = services.probe_groups() if host_services else None
+        cls.down(lab_id)
+        run_dir = run_dir_of(lab_id)
+        try:
+            _build(lab_id, text, run_dir)
+            lab = cls(lab_id)
+            lab._register()
+            groups = services.groups_found(probe) if probe else set()
+            lab._start_services(groups)
+        except BaseException:
+            if probe and probe.poll() is None:
+                probe.kill()
+            cls.down(lab_id)
+            raise
+        return lab
+
+    @staticmethod
+    def down(lab_id: str | None = None) -> list[str]:
+        """Remove everything carrying the lab id; returns what was found (empty when already down)."""
+        return _teardown(planmod.check_lab_id(lab_id or default_lab_id()))
+
+    def _register(self) -> None:
+        with self.catalog() as cat:
+            for node in self.plan.hosts():
+                cat.register_host(node.name, node.region, node.role, str(node.v4))  # type: ignore[arg-type]
+            for org in self.topology.orgs:
+                cat.create_org(org)
+
+    def _start_services(self, groups: set[str]) -> None:
+        specs = [services.delayline_spec(self.plan, self.run_dir), *services.host_specs(self.plan, self.run_dir,
+                                                                                       groups)]
+        for spec in specs:
+            services.write_spec(self.run_dir, spec)
+        env = {**os.environ, system.MARKER_ENV: self.lab_id}
+        with open(self.logs_dir / "supervisor.log", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "netns_lab.supervisor", str(self.run_dir), self.lab_id],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        (self.run_dir / "supervisor.pid").write_text(f"{proc.pid}\n")
+        pids = self.run_dir / "pids"
+        _wait("the delay line", lambda: (self.run_dir / "delayline.ready").exists(), READY_TIMEOUT, self.run_dir)
+        _wait("the services to start", lambda: all((pids / f"{s.name}.pid").exists() for s in specs),
+              READY_TIMEOUT, self.run_dir)
+
+    # -- the backbone --------------------------------------------------------------------------
+
+    def cut_set(self) -> frozenset[str]:
+        try:
+            return frozenset(json.loads((self.run_dir / "cut.json").read_text()))
+        except (OSError, ValueError):
+            return frozenset()
+
+    def cut(self, node_name: str) -> None:
+        """Take a node off the backbone (its veth on the bridge goes down); anycast moves away from a cut edge."""
+        self._set_cut(node_name, True)
+
+    def heal(self, node_name: str) -> None:
+        self._set_cut(node_name, False)
+
+    def _set_cut(self, node_name: str, cut: bool) -> None:
+        node = self.plan.node(node_name)
+        cuts = set(self.cut_set())
+        (cuts.add if cut else cuts.discard)(node.name)
+        (self.run_dir / "cut.json").write_text(json.dumps(sorted(cuts)))
+        system.run_batch([f"link set {node.bb_if} {'down' if cut else 'up'}"], self.plan.bb_ns)
+        self._apply_anycast(frozenset(cuts))
+
+    def anycast_choice(self) -> dict[str, str | None]:
+        choice = planmod.anycast_choice(self.plan, self.regions, self.cut_set())
+        return {region: (edge.name if edge else None) for region, edge in choice.items()}
+
+    def _apply_anycast(self, cuts: frozenset[str]) -> None:
+        choice = planmod.anycast_choice(self.plan, self.regions, cuts)
+        # The delay line first (it must know where a packet will go before the kernel sends it there).
+        _write_delay_config(self.plan, self.run_dir, choice)
+        pid = system.read_pid(self.run_dir / "delayline.ready")
+        if pid is not None:
+            system.kill_pids([pid], signal.SIGHUP)
+        system.run_batch(planmod.anycast_lines(self.plan, choice), self.plan.bb_ns)
+
+    # -- running things in nodes ---------------------------------------------------------------
+
+    def netns_of(self, name: str) -> str:
+        """A node's namespace, or a machine's (by its machine id)."""
+        if name in ("bb", "backbone"):
+            return self.plan.bb_ns
+        if any(n.name == name for n in self.plan.nodes):
+            return self.plan.node(name).ns
+        ns = self.plan.machine_ns(name)
+        if (system.NETNS_DIR / ns).exists():
+            return ns
+        raise LabStateError(f"no node or machine {name!r} in lab {self.lab_id}")
+
+    def exec_argv(self, name: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns_of(name), *argv]
+
+    def exec(self, name: str, argv: Sequence[str], timeout: float | None = 60.0,
+             check: bool = False, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command in a node's (or machine's) namespace and capture its output."""
+        return subprocess.run(self.exec_argv(name, argv), capture_output=True, text=True, timeout=timeout,
+                              check=check, input=input)
+
+    # -- status --------------------------------------------------------------------------------
+
+    def service_status(self) -> dict[str, Any]:
+        try:
+            status: dict[str, Any] = json.loads((self.run_dir / "status.json").read_text())
+            return status
+        except (OSError, ValueError):
+            return {}
+
+    def supervisor_pid(self) -> int | None:
+        pid = system.read_pid(self.run_dir / "supervisor.pid")
+        return pid if pid is not None and system.alive(pid) else None
+
+    def status(self) -> dict[str, Any]:
+        svc = self.service_status()
+        cuts = self.cut_set()
+        nodes = []
+        for node in self.plan.nodes:
+            nodes.append({
+                "name": node.name, "role": node.role, "region": node.region, "netns": node.ns,
+                "underlay4": str(node.v4), "underlay6": str(node.v6), "cut": node.name in cuts,
+                "wg_interface": self.plan.wg_ifname(node) if node.is_host else None,
+                "services": {k.split(".", 1)[1]: v for k, v in svc.items() if k.startswith(node.name + ".")},
+            })
+        machines = []
+        try:
+            with self.catalog() as cat:
+                state = cat.snapshot()
+            for m in sorted(state.machines.values(), key=lambda m: (m.app, m.region, m.id)):
+                proc = svc.get(f"m-{m.id}", {})
+                machines.append({"id": m.id, "app": m.app, "region": m.region, "host": m.host, "address": m.address,
+                                 "state": m.state, "netns": self.plan.machine_ns(m.id),
+                                 "pid": proc.get("pid"), "last_exit": proc.get("last_exit", "")})
+        except CatalogError:
+            pass
+        return {
+            "lab": self.lab_id, "run_dir": str(self.run_dir), "state_dir": str(self.state_dir),
+            "supervisor_pid": self.supervisor_pid(), "scale": self.topology.scale,
+            "anycast": {"ipv4": str(planmod.ANYCAST4), "ipv6": str(planmod.ANYCAST6),
+                        "edge_for": self.anycast_choice()},
+            "delayline": svc.get("delayline", {}), "nodes": nodes, "machines": machines,
+        }
+
+
+# -- building and tearing down --------------------------------------------------------------------
+
+
+def _topology_text(topo: topology.Topology | str | Path | None) -> str:
+    if topo is None:
+        return topology.DEFAULT_TOML
+    if isinstance(topo, topology.Topology):
+        return topology_to_toml(topo)
+    path = Path(topo)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LabError(f"{path}: {exc.strerror}") from exc
+    topology.load(path)  # validate now, with the file name in the error
+    return text
+
+
+def topology_to_toml(topo: topology.Topology) -> str:
+    lines = [f"scale = {topo.scale!r}"]
+    for r in topo.regions:
+        lines += [f"[regions.{r.code}]", f"edges = {r.edges}", f"workers = {r.workers}",
+                  f"gateway = {str(r.gateway).lower()}", f"client = {str(r.client).lower()}"]
+    lines += [f"[orgs.{o}]" for o in topo.orgs]
+    for lp in topo.laptops:
+        lines += [f"[laptops.{lp.name}]", f'region = "{lp.region}"']
+    return "\n".join(lines) + "\n"
+
+
+def _build(lab_id: str, text: str, run_dir: Path) -> None:
+    plan = planmod.make_plan(lab_id, topology.loads(text))
+    for sub in ("state", "logs", "services", "pids", "stopped"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    (run_dir / "keys").mkdir(mode=0o700, exist_ok=True)
+    (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text}))
+    system.run_batch(planmod.netns_lines(plan))
+    system.write_sysctls(plan.bb_ns, planmod.BACKBONE_SYSCTLS)
+    for node in plan.nodes:
+        system.write_sysctls(node.ns, planmod.HOST_SYSCTLS)
+    system.run_batch(planmod.backbone_lines(plan), plan.bb_ns)
+    choice = planmod.anycast_choice(plan, default_regions(), frozenset())
+    _write_delay_config(plan, run_dir, choice)
+    rules = planmod.backbone_rule_lines(plan)
+    system.run_batches([
+        Batch(rules, plan.bb_ns, "-4"), Batch(rules, plan.bb_ns, "-6"),
+        Batch(planmod.anycast_lines(plan, choice), plan.bb_ns),
+        *(Batch(planmod.node_lines(plan, node), node.ns) for node in plan.nodes),
+    ])
+
+
+def _write_delay_config(plan: Plan, run_dir: Path, choice: dict[str, planmod.Node | None]) -> None:
+    table = default_regions()
+    scale = plan.topology.scale
+    codes = [r.code for r in plan.regions]
+    config = DelayConfig(
+        tuns={r.code: r.tun for r in plan.regions},
+        subnets=tuple([(r.net4, r.code) for r in plan.regions] + [(r.net6, r.code) for r in plan.regions]),
+        rtt_ms={a: {b: table.rtt(a, b) * scale for b in codes} for a in codes},
+        anycast_addrs=(planmod.ANYCAST4, planmod.ANYCAST6),
+        anycast={code: (edge.region if edge else None) for code, edge in choice.items()},
+    )
+    tmp = run_dir / "delay.json.tmp"
+    tmp.write_text(json.dumps(config.to_json()))
+    tmp.replace(run_dir / "delay.json")
+
+
+def _teardown(lab_id: str) -> list[str]:
+    run_dir = RUN_ROOT / lab_id
+    found: list[str] = []
+    prefix = f"{lab_id}-"
+    namespaces = [n for n in system.list_netns() if n.startswith(prefix)]
+    # The supervisor first, so it restarts nothing while its children are killed.
+    sup = system.read_pid(run_dir / "supervisor.pid")
+    if sup is not None and system.alive(sup):
+        system.kill_pids([sup])
+        found.append(f"supervisor {sup}")
+    for _ in range(20):
+        pids = system.pids_with_marker(lab_id) | system.pids_in_netns(namespaces)
+        pids.discard(os.getpid())
+        if not pids:
+            break
+        found += [f"process {p}" for p in sorted(pids)]
+        system.kill_pids(pids)
+        time.sleep(0.05)
+    if namespaces:
+        system.run_batch([f"netns del {n}" for n in namespaces], force=True)
+        found += [f"netns {n}" for n in namespaces]
+    for path in sorted(ETC_NETNS.glob(f"{prefix}*")):
+        shutil.rmtree(path, ignore_errors=True)
+        found.append(str(path))
+    for path in sorted(WG_SOCKETS.glob(f"{lab_id}wg*.sock")):
+        if path.name[len(lab_id) + 2:-5].isdigit():
+            path.unlink(missing_ok=True)
+            found.append(str(path))
+    if run_dir.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        found.append(str(run_dir))
+    return found

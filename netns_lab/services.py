@@ -1,0 +1,77 @@
+"""The processes the lab runs: the delay line, and per host the services of the contract (mesh agent,
+DNS server, edge proxy), each only if its CLI group exists yet (`sixpn <group> --help` exits 0)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from netns_lab.plan import Node, Plan
+from netns_lab.supervisor import Spec
+
+GROUPS = ("mesh", "dns", "proxy")
+
+_PROBE = """
+import contextlib, io, sys
+from sixpn.cli import build_parser
+found = []
+for group in sys.argv[1:]:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args([group, "--help"])
+    except SystemExit as exc:
+        if exc.code == 0:
+            found.append(group)
+print(" ".join(found))
+"""
+
+
+def probe_groups() -> subprocess.Popen[str]:
+    """Start finding which CLI groups exist (one Python process for all; collect with `groups_found`)."""
+    return subprocess.Popen([sys.executable, "-c", _PROBE, *GROUPS], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+
+
+def groups_found(proc: subprocess.Popen[str]) -> set[str]:
+    out, _ = proc.communicate(timeout=30)
+    return set(out.split()) if proc.returncode == 0 else set()
+
+
+def sixpn_argv(state_dir: Path, *args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "sixpn.cli", "--state", str(state_dir), *args)
+
+
+def host_specs(plan: Plan, run_dir: Path, groups: set[str]) -> list[Spec]:
+    state = run_dir / "state"
+    env = (("SIXPN_STATE", str(state)), ("SIXPN_LAB", plan.lab_id), ("PYTHONUNBUFFERED", "1"))
+    specs = []
+
+    def add(node: Node, service: str, *args: str) -> None:
+        specs.append(Spec(name=f"{node.name}.{service}", argv=sixpn_argv(state, *args), netns=node.ns, env=env,
+                          log=str(run_dir / "logs" / f"{node.name}.{service}.log")))
+
+    for node in plan.hosts():
+        if "mesh" in groups:
+            add(node, "mesh", "mesh", "agent", "--host", node.name, "--interface", plan.wg_ifname(node),
+                "--key-file", str(run_dir / "keys" / f"{node.name}.key"))
+        if "dns" in groups and node.role in ("worker", "gateway"):
+            add(node, "dns", "dns", "serve", "--host", node.name)
+        if "proxy" in groups and node.role == "edge":
+            add(node, "proxy", "proxy", "serve", "--host", node.name, "--listen", "0.0.0.0:80",
+                "--listen", "[::]:80")
+    return specs
+
+
+def delayline_spec(plan: Plan, run_dir: Path) -> Spec:
+    return Spec(name="delayline", argv=(sys.executable, "-m", "netns_lab.delayline", str(run_dir / "delay.json"),
+                                        str(run_dir / "delayline.ready")),
+                netns=plan.bb_ns, log=str(run_dir / "logs" / "bb.delayline.log"))
+
+
+def write_spec(run_dir: Path, spec: Spec, folder: str = "services") -> None:
+    path = run_dir / folder / f"{spec.name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec.to_json()))
+    tmp.replace(path)  # atomic: the supervisor never reads half a spec

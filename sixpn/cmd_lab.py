@@ -1,0 +1,155 @@
+"""`sixpn lab ...` (the network-namespace lab), `sixpn scale count`, `sixpn machines stop|start|kill`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from netns_lab.errors import LabError
+from netns_lab.lab import Lab, default_lab_id
+from netns_lab.machines import Machines
+from sixpn.output import emit
+from sixpn.registry import Registry
+
+ERRORS = (LabError,)
+
+
+def _lab_opt(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--lab", default=None, metavar="ID", help="lab id (default: $SIXPN_LAB, else sx)")
+    return parser
+
+
+def register(cli: Registry) -> None:
+    up = _lab_opt(cli.verb("lab", "up", "build the lab (namespaces, underlay with latency, anycast, services)", lab_up))
+    up.add_argument("topology", nargs="?", type=Path, help="topology TOML (default: the three-region lab)")
+    up.add_argument("--no-services", action="store_true", help="do not start the hosts' sixpn services")
+    _lab_opt(cli.verb("lab", "down", "remove everything of the lab (idempotent, cleans crashed runs)", lab_down))
+    status = _lab_opt(cli.verb("lab", "status", "nodes, services, machines and anycast of the lab", lab_status))
+    status.add_argument("--json", action="store_true", help="print JSON")
+    ex = _lab_opt(cli.verb("lab", "exec", "run a command in a node's or machine's namespace", lab_exec))
+    ex.add_argument("node", help="node name (edge-gru, client-sjc, ...), machine id, or bb")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    logs = _lab_opt(cli.verb("lab", "logs", "print the logs of the lab's services (of one node)", lab_logs))
+    logs.add_argument("node", nargs="?", help="node name or machine id (default: all)")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="last N lines of each log (0: all)")
+    for verb, what in (("cut", "take a node off the backbone"), ("heal", "put a cut node back on the backbone")):
+        p = _lab_opt(cli.verb("lab", verb, what, lab_cut if verb == "cut" else lab_heal))
+        p.add_argument("node")
+    _lab_opt(cli.verb("lab", "env", "print `export SIXPN_STATE=... SIXPN_LAB=...` for the lab", lab_env))
+
+    scale = _lab_opt(cli.verb("scale", "count", "run N machines of an app, spread over regions (in the lab)",
+                              scale_count))
+    scale.add_argument("count", type=int)
+    scale.add_argument("--app", required=True)
+    scale.add_argument("--region", help="comma-separated regions (default: every region with a worker)")
+    scale.add_argument("--process-group", default="app")
+    for verb, what in (("stop", "stop a machine's process and mark it stopped"),
+                       ("start", "start a stopped (or killed) machine and mark it started"),
+                       ("kill", "SIGKILL a machine's app process, leaving the catalog alone (fault injection)")):
+        p = _lab_opt(cli.verb("machines", verb, what, machines_verb))
+        p.add_argument("id")
+
+
+def lab_up(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    lab = Lab.up(args.topology, args.lab, host_services=not args.no_services)
+    nodes = len(lab.plan.nodes)
+    print(f"lab {lab.lab_id} up in {time.monotonic() - started:.2f}s: {nodes} nodes, run dir {lab.run_dir}")
+    print(f"catalog: {lab.state_dir}   (eval $(sixpn lab env --lab {lab.lab_id}))")
+
+
+def lab_down(args: argparse.Namespace) -> None:
+    lab_id = args.lab or default_lab_id()
+    found = Lab.down(lab_id)
+    print(f"lab {lab_id} down" + ("" if found else " (nothing was running)"))
+
+
+def lab_status(args: argparse.Namespace) -> None:
+    status = Lab(args.lab).status()
+    if args.json:
+        json.dump(status, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    print(f"lab {status['lab']}  run dir {status['run_dir']}  supervisor pid {status['supervisor_pid'] or 'DEAD'}")
+    rows = []
+    for node in status["nodes"]:
+        svc = ",".join(f"{k}{'' if v.get('running') else '(dead)'}" for k, v in sorted(node["services"].items()))
+        rows.append({**node, "services": svc or "-", "cut": "CUT" if node["cut"] else ""})
+    emit(rows, ["name", "role", "region", "netns", "underlay4", "underlay6", "services", "cut"], False)
+    anycast = status["anycast"]
+    print(f"\nanycast {anycast['ipv4']} / {anycast['ipv6']}: " +
+          ", ".join(f"{r}->{e or 'none'}" for r, e in anycast["edge_for"].items()))
+    if status["machines"]:
+        print()
+        emit(status["machines"], ["id", "app", "region", "host", "address", "state", "pid", "last_exit"], False)
+
+
+def lab_exec(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise LabError("usage: sixpn lab exec NODE -- COMMAND [ARGS...]")
+    full = Lab(args.lab).exec_argv(args.node, argv)
+    sys.stdout.flush()
+    os.execvp(full[0], full)
+
+
+def lab_logs(args: argparse.Namespace) -> None:
+    lab = Lab(args.lab)
+    logs = sorted(lab.logs_dir.glob(f"{args.node}.*.log" if args.node else "*.log"))
+    if args.node and not logs:
+        lab.netns_of(args.node)  # an unknown name is an error; a known one may simply have no logs yet
+    for path in logs:
+        lines = path.read_text(errors="replace").splitlines()
+        print(f"==> {path} <==")
+        for line in lines[-args.lines:] if args.lines else lines:
+            print(line)
+
+
+def lab_cut(args: argparse.Namespace) -> None:
+    lab = Lab(args.lab)
+    lab.cut(args.node)
+    print(f"{args.node} cut off the backbone; anycast: {_anycast(lab)}")
+
+
+def lab_heal(args: argparse.Namespace) -> None:
+    lab = Lab(args.lab)
+    lab.heal(args.node)
+    print(f"{args.node} back on the backbone; anycast: {_anycast(lab)}")
+
+
+def _anycast(lab: Lab) -> str:
+    return ", ".join(f"{r}->{e or 'none'}" for r, e in lab.anycast_choice().items())
+
+
+def lab_env(args: argparse.Namespace) -> None:
+    lab = Lab(args.lab)
+    print(f"export SIXPN_STATE={lab.state_dir} SIXPN_LAB={lab.lab_id}")
+
+
+def scale_count(args: argparse.Namespace) -> None:
+    regions = [r.strip() for r in args.region.split(",") if r.strip()] if args.region else None
+    result = Machines(Lab(args.lab)).scale(args.app, args.count, regions, args.process_group)
+    for m in result.removed:
+        print(f"destroyed {m.id} ({m.region}, {m.host})")
+    for m in result.added:
+        print(f"started {m.id} ({m.region}, {m.host}) at {m.address}")
+    for mid in result.not_listening:
+        print(f"warning: {mid} is running but not listening on its internal port yet", file=sys.stderr)
+    if not result.added and not result.removed:
+        print(f"app {args.app} already has {args.count} machine(s) there")
+
+
+def machines_verb(args: argparse.Namespace) -> None:
+    machines = Machines(Lab(args.lab))
+    if args.verb == "kill":
+        pid = machines.kill(args.id)
+        print(f"killed {args.id}'s app (pid {pid}); catalog unchanged")
+        return
+    machine = machines.stop(args.id) if args.verb == "stop" else machines.start(args.id)
+    print(f"{machine.id} {machine.state}")
