@@ -7,6 +7,7 @@ question costs a header parse, two dict lookups and an ID patch. Any catalog cha
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import struct
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ class Engine:
         self.cache_entries = cache_entries
         self.fallback_region = fallback_region
         self.cache: dict[tuple[object, ...], _Entry] = {}
-        self.sources: dict[str, Scope | None] = {}
+        self.packets: dict[tuple[Scope, bool, bytes], bytes] = {}
+        self.sources: dict[str | bytes, Scope | None] = {}
         self.zones: dict[int, NetworkZone] = {}
         self.state = state
         self.networks: dict[int, Network] = {}
@@ -92,11 +94,13 @@ class Engine:
         self.networks = {n.net_id: n for n in state.networks.values()}
         self.host_regions = {h.host_id: h.region for h in state.hosts.values()}
         self.cache.clear()
+        self.packets.clear()
         self.sources.clear()
         self.zones.clear()
 
-    def scope_of(self, source: str) -> Scope | None:
-        """The querying network (and host region) from the source address; None when not a member of any."""
+    def scope_of(self, source: str | bytes) -> Scope | None:
+        """The querying network (and host region) from the source address (text, or packed as in a
+        sockaddr); None when it is not a member of any network."""
         scope = self.sources.get(source, False)
         if scope is False:
             scope = self._scope(self.source_override or source)
@@ -105,9 +109,14 @@ class Engine:
             self.sources[source] = scope
         return scope  # type: ignore[return-value]
 
-    def _scope(self, source: str) -> Scope | None:
+    def _scope(self, source: str | bytes) -> Scope | None:
         try:
-            parts = addressing.parse(source.split("%", 1)[0])
+            if isinstance(source, bytes):
+                if len(source) != 16:
+                    return None  # IPv4: never a 6PN member
+                parts = addressing.parse(ipaddress.IPv6Address(source))
+            else:
+                parts = addressing.parse(source.split("%", 1)[0])
         except CatalogError:
             return None
         if parts.network_id not in self.networks:
@@ -122,8 +131,16 @@ class Engine:
 
     # -- packet side ---------------------------------------------------------------------------------
 
-    def handle(self, data: bytes, source: str, tcp: bool = False) -> bytes | Forward | None:
-        """The reply to one packet (None: send nothing). Never raises: a fault becomes SERVFAIL."""
+    def handle(self, data: bytes, source: str | bytes, tcp: bool = False) -> bytes | Forward | None:
+        """The reply to one packet (None: send nothing). Never raises: a fault becomes SERVFAIL.
+
+        First a lookup by the packet's bytes after the ID: the same bytes from the same network always
+        get the same reply (whatever its case, flags or EDNS options), so a repeat skips even parsing."""
+        scope = self.sources.get(source)
+        if scope is not None:
+            tail = self.packets.get((scope, tcp, data[2:]))
+            if tail is not None:
+                return data[:2] + tail
         try:
             return self._handle(data, source, tcp)
         except wire.Drop:
@@ -135,7 +152,7 @@ class Engine:
             log.exception("fault answering a query from %s", source)
             return wire.reply(data, wire.SERVFAIL) if len(data) >= 12 else None
 
-    def _handle(self, data: bytes, source: str, tcp: bool) -> bytes | Forward | None:
+    def _handle(self, data: bytes, source: str | bytes, tcp: bool) -> bytes | Forward | None:
         query = wire.parse(data)
         edns = query.edns
         if edns is not None and edns.version != 0:
@@ -163,7 +180,11 @@ class Engine:
                 out = entry.truncated()
         flags = _FLAGS.unpack_from(out, 2)[0] | (query.flags & wire.ECHO_BITS)
         # ID and flags are the asker's; the question bytes are the asker's too, so its case is echoed.
-        return data[:2] + _FLAGS.pack(flags) + out[4:12] + data[12 : query.end] + out[query.end :]
+        tail = _FLAGS.pack(flags) + out[4:12] + data[12 : query.end] + out[query.end :]
+        if len(self.packets) >= self.cache_entries:
+            self.packets.clear()
+        self.packets[(scope, tcp, data[2:])] = tail
+        return data[:2] + tail
 
     def _build(self, query: wire.Query, scope: Scope) -> _Entry:
         if query.qclass not in (wire.C_IN, wire.C_ANY):

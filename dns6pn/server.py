@@ -18,7 +18,7 @@ from typing import cast
 
 from catalog import Catalog, Change, Follower, State, addressing
 from catalog.errors import CatalogError
-from dns6pn import wire
+from dns6pn import fastudp, wire
 from dns6pn.config import Address, ServerConfig
 from dns6pn.engine import Engine, Forward
 from dns6pn.errors import DnsError
@@ -33,7 +33,7 @@ MAX_TCP_CONNECTIONS = 256
 RCVBUF = 4 << 20
 POLL_INTERVAL = 0.02
 
-Handler = Callable[[bytes, str, bool], "bytes | Forward | None"]
+Handler = Callable[[bytes, "str | bytes", bool], "bytes | Forward | None"]
 
 
 class _Relay:
@@ -169,25 +169,40 @@ def _socket(address: Address, kind: socket.SocketKind) -> socket.socket:
 
 
 class Listener:
-    """One address: a UDP endpoint and a TCP server on the same port."""
+    """One address: a UDP socket (batched reader, or a DatagramProtocol) and a TCP server on the same port."""
 
-    def __init__(self, address: Address, udp: asyncio.DatagramTransport, tcp: asyncio.Server) -> None:
+    def __init__(self, address: Address, bound: Address, close_udp: Callable[[], None], tcp: asyncio.Server) -> None:
         self.address = address
-        self.udp = udp
+        self.bound = bound
+        self.close_udp = close_udp
         self.tcp = tcp
 
-    @property
-    def bound(self) -> Address:
-        name = self.udp.get_extra_info("sockname")
-        return str(name[0]), int(name[1])
-
     async def close(self) -> None:
-        self.udp.close()
+        self.close_udp()
         self.tcp.close()
         await self.tcp.wait_closed()
 
 
-async def open_listener(address: Address, handle: Handler, relay: _Relay) -> Listener:
+async def _serve_udp(sock: socket.socket, handle: Handler, relay: _Relay, max_udp: int) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    if fastudp.AVAILABLE:
+        def defer(request: object, send: Callable[[bytes], None]) -> None:
+            assert isinstance(request, Forward)
+            relay.start(request, False, send)
+
+        batched = fastudp.BatchedUdp(sock, lambda data, source: handle(data, source, False), defer, max_udp)
+        loop.add_reader(sock.fileno(), batched.on_readable)
+
+        def close() -> None:
+            batched.close()
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        return close
+    udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(handle, relay), sock=sock)
+    return udp.close
+
+
+async def open_listener(address: Address, handle: Handler, relay: _Relay, max_udp: int) -> Listener:
     """Bind UDP first; with port 0, TCP takes the port UDP got (retrying if TCP's is taken)."""
     loop = asyncio.get_running_loop()
     for _attempt in range(20):
@@ -195,17 +210,17 @@ async def open_listener(address: Address, handle: Handler, relay: _Relay) -> Lis
             udp_sock = _socket(address, socket.SOCK_DGRAM)
         except OSError as exc:
             raise DnsError(f"cannot bind udp {address[0]} port {address[1]}: {exc.strerror}") from exc
-        port = udp_sock.getsockname()[1]
+        bound = udp_sock.getsockname()
         try:
-            tcp_sock = _socket((address[0], port), socket.SOCK_STREAM)
+            tcp_sock = _socket((address[0], bound[1]), socket.SOCK_STREAM)
         except OSError as exc:
             udp_sock.close()
             if address[1] == 0:
                 continue
-            raise DnsError(f"cannot bind tcp {address[0]} port {port}: {exc.strerror}") from exc
-        udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(handle, relay), sock=udp_sock)
+            raise DnsError(f"cannot bind tcp {address[0]} port {bound[1]}: {exc.strerror}") from exc
+        close_udp = await _serve_udp(udp_sock, handle, relay, max_udp)
         tcp = await loop.create_server(lambda: TcpProtocol(handle, relay), sock=tcp_sock, backlog=128)
-        return Listener(address, udp, tcp)
+        return Listener(address, (str(bound[0]), int(bound[1])), close_udp, tcp)
     raise DnsError(f"no free port pair for udp and tcp on {address[0]}")
 
 
@@ -268,7 +283,8 @@ class DnsServer:
                 log.info("stop listening on [%s]:%d", *address)
                 await self.listeners.pop(address).close()
             for address in sorted(want - set(self.listeners)):
-                self.listeners[address] = await open_listener(address, self.engine.handle, self.relay)
+                listener = await open_listener(address, self.engine.handle, self.relay, self.config.max_udp)
+                self.listeners[address] = listener
                 log.info("listening on [%s]:%d (udp, tcp)", *self.listeners[address].bound)
 
     async def _follow_catalog(self) -> None:
