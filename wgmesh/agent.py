@@ -9,12 +9,12 @@ so drift (someone removed a peer by hand) heals; an empty diff applies nothing.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,11 +148,13 @@ class Agent:
             self.nft_script = ""
             self._start_interface()
 
-    async def run(self) -> None:
+    def run(self, stop: threading.Event) -> None:
+        """Follow the catalog until `stop` is set. Synchronous on purpose: every step is a netlink call
+        or a short `wg` process, and pyroute2's sync API runs its own event loop internally."""
         follower = Follower(self.catalog)
         self.reconcile(follower.state)
         last = time.monotonic()
-        while True:
+        while not stop.wait(POLL):
             changes = follower.poll()
             self._check_child()
             if changes or time.monotonic() - last >= self.config.resync:
@@ -161,7 +163,6 @@ class Agent:
                 except (MeshError, CatalogError) as exc:
                     log.error("reconcile at v%d failed: %s", follower.state.version, exc)
                 last = time.monotonic()
-            await asyncio.sleep(POLL)
 
 
 def in_order(ops: list[Op]) -> list[list[WgOp] | NetOp]:
@@ -178,28 +179,17 @@ def in_order(ops: list[Op]) -> list[list[WgOp] | NetOp]:
     return out
 
 
-async def _main(config: AgentConfig) -> None:
+def run_agent(config: AgentConfig) -> None:
+    """Run until SIGTERM/SIGINT; the interface goes away with our wireguard-go child."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: stop.set())
     catalog = Catalog(config.state_dir)
     agent = Agent(config, catalog)
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     try:
         agent.start()
-        await agent.run()
-    except asyncio.CancelledError:
+        agent.run(stop)
         log.info("stopping")
     finally:
         agent.stop()
         catalog.close()
-
-
-def run_agent(config: AgentConfig) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(_main(config))
-    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio is the fallback
-        asyncio.run(_main(config))
