@@ -44,10 +44,10 @@ class ServerLimits:
 Handler = Callable[["Exchange"], Awaitable[None]]
 
 
-def error_response(exc: HttpError, extra: h.Headers = ()) -> tuple[int, h.Headers, bytes]:  # type: ignore[assignment]
+def error_response(exc: HttpError, extra: h.Headers | None = None) -> tuple[int, h.Headers, bytes]:
     body = f"{exc.status} {exc.code}: {exc.detail}\n".encode()
     headers: h.Headers = [(b"content-type", b"text/plain; charset=utf-8"),
-                          (b"fly-proxy-error", exc.code.encode()), *extra]
+                          (b"fly-proxy-error", exc.code.encode()), *(extra or [])]
     return exc.status, headers, body
 
 
@@ -100,8 +100,8 @@ class Exchange:
             self._write(body)
         self.end()
 
-    def respond_error(self, exc: HttpError, extra: h.Headers = ()) -> None:  # type: ignore[assignment]
-        status, headers, body = error_response(exc, list(extra))
+    def respond_error(self, exc: HttpError, extra: h.Headers | None = None) -> None:
+        status, headers, body = error_response(exc, extra)
         self.respond(status, headers, body, code=exc.code)
 
     def send_continue(self) -> None:
@@ -198,6 +198,9 @@ class ServerConnection(asyncio.Protocol):
         self.closed = False
         self.draining = False
         self.write_listener: Callable[[bool], None] | None = None
+        self.idle_timeout = limits.idle_timeout  # a handler may set the app's (fly.toml idle_timeout)
+        self.state: dict[str, Any] = {}  # for the handler: per-connection data (e.g. the machine it counts on)
+        self.on_reject: Callable[[ServerConnection, HttpError], None] | None = None
         self._loop = asyncio.get_running_loop()
         self._pending: deque[Exchange] = deque()
         self._current: Exchange | None = None
@@ -384,7 +387,7 @@ class ServerConnection(asyncio.Protocol):
         elif self._in_head:
             self._arm(self.limits.header_timeout)
         else:
-            self._arm(self.limits.idle_timeout)
+            self._arm(self.idle_timeout)
 
     def _fail(self, exc: HttpError) -> None:
         """A broken request: answer it (if nothing is in flight) and close; never forward it."""
@@ -396,11 +399,9 @@ class ServerConnection(asyncio.Protocol):
             status, headers, body = error_response(exc)
             headers = [*headers, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
             self.write(h.serialize_response(status, headers) + body)
-            if self._on_reject is not None:
-                self._on_reject(self, exc)
+            if self.on_reject is not None:
+                self.on_reject(self, exc)
         self.close()
-
-    _on_reject: Callable[[ServerConnection, HttpError], None] | None = None
 
     # -- Upgrade ---------------------------------------------------------------------------------------
 

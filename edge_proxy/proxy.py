@@ -1,0 +1,351 @@
+"""The edge proxy's request handler: Host -> app, the routing core, forwarding with retries, fly-replay,
+queueing at hard limit, the headers of the spec, access log and metrics.
+
+Proxy-originated errors carry `fly-proxy-error: <code>` and the same code in the access log:
+
+    PR01 no healthy machines          PR02 no app for this host       PR03 every machine at hard limit
+    PR04 upstream connect/refused     PR05 upstream timed out         PR06 invalid upstream response
+    PR07 request not replayable       PR08 too many replays / bad fly-replay
+    PR09 forced region/instance unavailable                           PR10 edge draining
+    PH01 malformed request (400)      PH02 head too large (431)       PH03 head timeout (408)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from typing import IO
+
+from catalog import State, default_regions
+from edge_proxy.config import ProxyConfig
+from edge_proxy.errors import HttpError, UpstreamError
+from edge_proxy.health import HealthBook, LoadBook, RttBook
+from edge_proxy.http1 import head as h
+from edge_proxy.http1.client import UpstreamPool
+from edge_proxy.http1.forward import BodyTee, ForwardResult, Timeouts, forward
+from edge_proxy.http1.server import Exchange, ServerConnection
+from edge_proxy.metrics import Metrics
+from edge_proxy.routing import (
+    MAX_REPLAYS,
+    REPLAY_BODY_LIMIT,
+    Candidate,
+    Chooser,
+    Decision,
+    Replay,
+    ReplayError,
+    Steering,
+    parse_replay,
+    replay_src,
+    replay_steering,
+    steering_from_headers,
+)
+from edge_proxy.table import AppRoute, MachineRoute, Resolver, RoutingTable, default_resolver
+
+log = logging.getLogger("edge_proxy")
+
+#: Request headers a client must not be able to set: the edge owns them.
+OWNED = frozenset({
+    b"fly-client-ip", b"fly-region", b"fly-request-id", b"fly-forwarded-port", b"x-forwarded-proto",
+    b"x-forwarded-port", b"x-forwarded-ssl", b"fly-replay-src", b"fly-preferred-instance-unavailable",
+})
+MAX_RETRIES = 3
+
+
+class EdgeProxy:
+    def __init__(self, config: ProxyConfig, region: str, resolve: Resolver = default_resolver,
+                 metrics: Metrics | None = None, access_log: IO[str] | None = None) -> None:
+        self.config = config
+        self.region = region
+        self.resolve = resolve
+        self.table = RoutingTable(State(), config.domain)
+        self.health = HealthBook(config.passive_down)
+        self.load = LoadBook()
+        regions = default_regions()
+
+        def seed(host: str) -> float:
+            other = self.table.host_regions.get(host, region)
+            try:
+                return regions.rtt(region, other)
+            except Exception:
+                return 100.0
+
+        self.rtt = RttBook(seed, measure=config.measure_rtt)
+        self.chooser = Chooser(region)
+        self.pool = UpstreamPool(max_per_key=config.pool_max_per_machine)
+        self.metrics = metrics or Metrics()
+        self.timeouts = Timeouts(connect=config.connect_timeout, first_byte=config.first_byte_timeout)
+        self.access_log = access_log if access_log is not None else (sys.stderr if config.access_log == "-" else None)
+        self.via = f"1.1 {config.name}".encode()
+        self.server_name = config.name.encode()
+        self.draining = False
+        self.connections: set[ServerConnection] = set()
+
+    # -- state from the catalog -------------------------------------------------------------------
+
+    def update(self, state: State) -> None:
+        self.table = RoutingTable(state, self.config.domain)
+
+    def candidates(self, app: AppRoute) -> list[Candidate]:
+        conc = app.concurrency
+        out = []
+        for m in app.machines:
+            out.append(Candidate(
+                id=m.id, region=m.region, host=m.host, rtt_ms=self.rtt.rtt(m.host),
+                load=self.load.load(m.id, conc.type), soft_limit=conc.soft_limit, hard_limit=conc.hard_limit,
+                healthy=self.health.healthy(m.id), started=m.started,
+            ))
+        return out
+
+    # -- the handler ------------------------------------------------------------------------------------
+
+    async def handle(self, ex: Exchange) -> None:
+        started = time.monotonic()
+        request_id = secrets.token_hex(10)
+        info: dict[str, object] = {"app": "", "machine": "", "retries": 0, "replays": 0}
+        try:
+            await self._handle(ex, request_id, info)
+        except HttpError as exc:
+            if not ex.started:
+                ex.respond_error(exc, [(b"fly-request-id", request_id.encode()), (b"server", self.server_name)])
+                self.metrics.inc("sixpn_edge_proxy_errors_total", code=exc.code)
+            else:
+                ex.abort()
+        finally:
+            self._finish(ex, request_id, info, started)
+
+    async def _handle(self, ex: Exchange, request_id: str, info: dict[str, object]) -> None:
+        if self.draining:
+            raise HttpError(503, "PR10", "edge is draining")
+        app = self.table.app_for_host(h.host_name(ex.head.host))
+        if app is None:
+            raise HttpError(404, "PR02", f"no app for host {h.host_name(ex.head.host)!r}")
+        info["app"] = app.name
+        ex.conn.idle_timeout = app.idle_timeout
+        steer = steering_from_headers(ex.head.headers)
+        forced = bool(steer.force_region or steer.force_instance)
+        tee = BodyTee(ex, REPLAY_BODY_LIMIT)
+        src = ""
+        tried: set[str] = set()
+        replays = 0
+        stale_retry = False
+        deadline = time.monotonic() + self.config.queue_timeout
+        while True:
+            decision = self.chooser.choose(self.candidates(app), Steering(
+                steer.prefer_region, steer.force_region, steer.prefer_instance, steer.force_instance,
+                steer.exclude | tried))
+            machine = await self._decide(app, decision, forced, deadline)
+            if machine is None:
+                continue  # capacity freed: choose again
+            info["machine"], info["region"] = machine.id, machine.region
+            headers = self._request_headers(ex, request_id, src, decision.preferred_unavailable)
+            try:
+                result = await self._forward(ex, app, machine, headers, tee, replays)
+            except UpstreamError as exc:
+                if not await self._retryable(ex, exc, tee, stale_retry):
+                    raise HttpError(502, "PR04", f"upstream {machine.id}: {exc}") from None
+                if exc.stale and not stale_retry:
+                    stale_retry = True  # a pooled connection the machine had closed: same machine, new one
+                else:
+                    self.health.mark_down(machine.id)
+                    tried.add(machine.id)
+                info["retries"] = int(str(info["retries"])) + 1
+                self.metrics.inc("sixpn_edge_retries_total", app=app.name)
+                if len(tried) > MAX_RETRIES:
+                    raise HttpError(502, "PR04", f"upstream failed after {len(tried)} attempts: {exc}") from None
+                continue
+            if not result.discarded:
+                info["status"] = result.status
+                return
+            # fly-replay: the app asked for the request to go elsewhere.
+            replay = self._parse_replay(result)
+            replays += 1
+            info["replays"] = replays
+            self.metrics.inc("sixpn_edge_replays_total", app=app.name)
+            if not await tee.fill():
+                raise HttpError(413, "PR07", "request body over 1 MiB cannot be replayed")
+            app = self._replay_app(app, replay)
+            steer = replay_steering(replay, machine.id)
+            forced = bool(steer.force_region or steer.force_instance)
+            tried = set()
+            src = replay_src(machine.id, machine.region, int(time.time() * 1_000_000), replay.state)
+
+    async def _decide(self, app: AppRoute, decision: Decision, forced: bool, deadline: float) -> MachineRoute | None:
+        if decision.outcome == "ok" and decision.machine is not None:
+            route = next(m for m in app.machines if m.id == decision.machine.id)
+            return route
+        if decision.outcome == "at_capacity":
+            remaining = deadline - time.monotonic()
+            if remaining > 0 and await self.load.wait_for_capacity(remaining):
+                return None
+            raise HttpError(503, "PR03", "every machine is at its hard limit")
+        if decision.outcome == "forced_unavailable":
+            raise HttpError(503, "PR09", decision.detail)
+        raise HttpError(503, "PR01", f"no healthy machines for app {app.name}")
+
+    async def _retryable(self, ex: Exchange, exc: UpstreamError, tee: BodyTee, stale_retry: bool) -> bool:
+        """Spec rule 5: a connect failure is always retried; after headers went upstream only when the method is
+        idempotent and the body was buffered; never once the response started."""
+        if ex.started or ex.client_gone:
+            return False
+        if exc.connect:
+            return True
+        return ex.head.idempotent and await tee.fill()
+
+    async def _forward(self, ex: Exchange, app: AppRoute, machine: MachineRoute, headers: h.Headers,
+                       tee: BodyTee, replays: int) -> ForwardResult:
+        conc_type = app.concurrency.type
+        self._count_connection(ex.conn, machine.id, conc_type)
+        self.load.add(self.load.requests, machine.id, 1)
+
+        def on_head(resp: h.ResponseHead) -> bool:
+            if resp.header(b"fly-replay") is not None and resp.status != 101:
+                return False  # the body is discarded and the request replayed (spec "fly-replay")
+            resp.headers = [(k, v) for k, v in resp.headers if k not in (b"server", b"fly-request-id")]
+            via = resp.header(b"via")
+            resp.headers = [(k, v) for k, v in resp.headers if k != b"via"]
+            resp.headers += [
+                (b"server", self.server_name), (b"via", via + b", " + self.via if via else self.via),
+                (b"fly-request-id", headers_request_id(headers)),
+            ]
+            return True
+
+        key = self.resolve(machine)
+        try:
+            result = await forward(ex, self.pool, key, headers, tee, on_head=on_head, timeouts=self.timeouts)
+        except UpstreamError as exc:
+            if exc.connect:
+                self.metrics.inc("sixpn_edge_proxy_errors_total", code="PR04")
+            raise
+        finally:
+            self.load.add(self.load.requests, machine.id, -1)
+        if not result.reused:
+            self.metrics.observe("sixpn_edge_upstream_connect_seconds", result.connect_time)
+            self.rtt.sample(machine.host, result.connect_time)
+        if result.discarded and replays >= MAX_REPLAYS:
+            raise HttpError(508, "PR08", f"more than {MAX_REPLAYS} chained fly-replay hops")
+        return result
+
+    def _parse_replay(self, result: ForwardResult) -> Replay:
+        assert result.head is not None
+        value = (result.head.header(b"fly-replay") or b"").decode("latin-1")
+        try:
+            return parse_replay(value)
+        except ReplayError as exc:
+            raise HttpError(502, "PR08", str(exc)) from None
+
+    def _replay_app(self, app: AppRoute, replay: Replay) -> AppRoute:
+        if not replay.app or replay.app == app.name:
+            return app
+        other = self.table.apps.get(replay.app)
+        if other is None or other.network != app.network:
+            raise HttpError(502, "PR08", f"fly-replay to app {replay.app!r}: not an app in the same network")
+        return other
+
+    def _count_connection(self, conn: ServerConnection, machine_id: str, kind: str) -> None:
+        """`connections` mode: a client connection counts on the machine its latest request went to."""
+        if kind != "connections":
+            return
+        before = conn.state.get("machine")
+        if before == machine_id:
+            return
+        if before is not None:
+            self.load.add(self.load.connections, before, -1)
+        conn.state["machine"] = machine_id
+        self.load.add(self.load.connections, machine_id, 1)
+
+    def connection_closed(self, conn: ServerConnection) -> None:
+        self.connections.discard(conn)
+        machine = conn.state.pop("machine", None)
+        if machine is not None:
+            self.load.add(self.load.connections, machine, -1)
+
+    def connection_opened(self, conn: ServerConnection) -> None:
+        self.connections.add(conn)
+        conn.on_reject = self._rejected
+
+    def _rejected(self, conn: ServerConnection, exc: HttpError) -> None:
+        self.metrics.inc("sixpn_edge_proxy_errors_total", code=exc.code)
+        self._log({"ts": round(time.time(), 3), "client": conn.peer[0], "status": exc.status, "error": exc.code,
+                   "detail": exc.detail})
+
+    # -- headers (spec "Headers added") ---------------------------------------------------------------
+
+    def _request_headers(self, ex: Exchange, request_id: str, src: str, preferred_unavailable: bool) -> h.Headers:
+        client_ip = ex.client_addr[0]
+        if client_ip.startswith("::ffff:"):
+            client_ip = client_ip[7:]
+        headers = [(k, v) for k, v in h.strip_hop_by_hop(ex.head.headers) if k not in OWNED]
+        xff = h.get_all(headers, b"x-forwarded-for")
+        via = h.get_all(headers, b"via")
+        headers = [(k, v) for k, v in headers if k not in (b"x-forwarded-for", b"via")]
+        ip = client_ip.encode()
+        port = str(ex.local_port).encode()
+        tls = ex.scheme == "https"
+        headers += [
+            (b"fly-client-ip", ip),
+            (b"x-forwarded-for", b", ".join([*xff, ip])),
+            (b"x-forwarded-proto", b"https" if tls else b"http"),
+            (b"x-forwarded-port", port),
+            (b"x-forwarded-ssl", b"on" if tls else b"off"),
+            (b"fly-forwarded-port", port),
+            (b"fly-region", self.region.encode()),
+            (b"via", b", ".join([*via, self.via])),
+            (b"fly-request-id", request_id.encode()),
+        ]
+        if not h.get(headers, b"host") and ex.head.host:
+            headers.append((b"host", ex.head.host))
+        if src:
+            headers.append((b"fly-replay-src", src.encode()))
+        if preferred_unavailable:
+            headers.append((b"fly-preferred-instance-unavailable", b"true"))
+        return headers
+
+    # -- after each request ----------------------------------------------------------------------------
+
+    def _finish(self, ex: Exchange, request_id: str, info: dict[str, object], started: float) -> None:
+        elapsed = time.monotonic() - started
+        app = str(info.get("app") or "")
+        status = ex.status or 499
+        self.metrics.inc("sixpn_edge_requests_total", app=app, region=self.region, status=str(status))
+        self.metrics.observe("sixpn_edge_request_seconds", elapsed, app=app)
+        if self.access_log is None:
+            return
+        self._log({
+            "ts": round(time.time(), 3), "id": request_id, "client": ex.client_addr[0],
+            "method": ex.head.method.decode("latin-1"), "host": h.host_name(ex.head.host),
+            "path": ex.head.target.decode("latin-1")[:200], "status": status, "app": app,
+            "machine": info.get("machine", ""), "machine_region": info.get("region", ""), "edge": self.region,
+            "ms": round(elapsed * 1000, 2), "bytes": ex.sent_bytes, "retries": info.get("retries", 0),
+            "replays": info.get("replays", 0), "error": ex.error_code,
+        })
+
+    def _log(self, record: dict[str, object]) -> None:
+        if self.access_log is not None:
+            self.access_log.write(json.dumps(record) + "\n")
+
+    def publish_gauges(self) -> None:
+        m = self.metrics
+        for name in ("sixpn_edge_machine_load", "sixpn_edge_machine_healthy", "sixpn_edge_host_rtt_ms"):
+            m.clear_gauge(name)
+        for app in self.table.apps.values():
+            kind = app.concurrency.type
+            for machine in app.machines:
+                if not machine.started:
+                    continue
+                m.set("sixpn_edge_machine_load", self.load.load(machine.id, kind), app=app.name, machine=machine.id,
+                      type=kind)
+                m.set("sixpn_edge_machine_healthy", float(self.health.healthy(machine.id)), app=app.name,
+                      machine=machine.id, region=machine.region)
+                m.set("sixpn_edge_host_rtt_ms", self.rtt.rtt(machine.host), host=machine.host)
+        m.set("sixpn_edge_open_connections", len(self.connections))
+
+
+def headers_request_id(headers: h.Headers) -> bytes:
+    return h.get(headers, b"fly-request-id") or b""
+
+
+ProxyFactory = Callable[[], ServerConnection]

@@ -1,0 +1,95 @@
+"""What the proxy routes from, derived from the catalog `State`: apps by Host header, their machines, ports.
+
+Rebuilt (cheaply) on every batch of catalog changes; requests in flight keep the table they started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from catalog import State
+from catalog.appconfig import Concurrency, Service
+from edge_proxy.routing import app_for_host
+
+Resolver = Callable[["MachineRoute"], tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class MachineRoute:
+    id: str
+    app: str
+    region: str
+    host: str
+    address: str
+    port: int
+    started: bool
+
+
+@dataclass(frozen=True)
+class AppRoute:
+    name: str
+    network: str
+    service: Service | None
+    machines: tuple[MachineRoute, ...]
+
+    @property
+    def concurrency(self) -> Concurrency:
+        return self.service.concurrency if self.service is not None else Concurrency()
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.service.idle_timeout if self.service is not None else 60.0
+
+
+class RoutingTable:
+    def __init__(self, state: State, domain: str) -> None:
+        self.domain = domain
+        self.version = state.version
+        self.apps: dict[str, AppRoute] = {}
+        self.hostnames: dict[str, str] = {}
+        self.host_regions = {h.name: h.region for h in state.hosts.values()}
+        for app in state.apps.values():
+            try:
+                config = app.config
+            except Exception:  # a config the catalog accepted but we cannot read: route nothing to it
+                continue
+            service = config.http_service
+            port = service.internal_port if service is not None else 8080
+            machines = tuple(
+                MachineRoute(m.id, m.app, m.region, m.host, m.address, port, m.state == "started")
+                for m in state.machines_of(app.name)
+                if not service or not service.processes or m.process_group in service.processes
+            )
+            self.apps[app.name] = AppRoute(app.name, app.network, service, machines)
+            for hostname in config.hostnames:
+                self.hostnames.setdefault(hostname, app.name)
+
+    def app_for_host(self, host: str) -> AppRoute | None:
+        name = app_for_host(host, self.domain, self.hostnames, self.apps)
+        return None if name is None else self.apps[name]
+
+    def machine(self, machine_id: str) -> MachineRoute | None:
+        for app in self.apps.values():
+            for m in app.machines:
+                if m.id == machine_id:
+                    return m
+        return None
+
+
+def default_resolver(machine: MachineRoute) -> tuple[str, int]:
+    """Over the mesh: the machine's 6PN address and the app's internal_port."""
+    return machine.address, machine.port
+
+
+def override_resolver(overrides: dict[str, str]) -> Resolver:
+    """`{machine id or 6PN address: "host:port"}` for standalone runs and loopback tests."""
+    parsed: dict[str, tuple[str, int]] = {}
+    for key, target in overrides.items():
+        host, _, port = target.rpartition(":")
+        parsed[key] = (host.strip("[]"), int(port))
+
+    def resolve(machine: MachineRoute) -> tuple[str, int]:
+        return parsed.get(machine.id) or parsed.get(machine.address) or (machine.address, machine.port)
+
+    return resolve
