@@ -53,7 +53,7 @@ def encode(query: wire.Query, answer: Answer, *, ttl: int, serial: int, ra: bool
     labels = query.labels()
     qname = DNSLabel(list(labels))
     apex = DNSLabel(list(labels[-1:]))  # `internal.`, pointing into the question
-    header = DNSHeader(id=0, qr=1, aa=1, ra=1 if ra else 0, rcode=answer.rcode & 0xF)
+    header = DNSHeader(id=0, qr=1, aa=1, rd=0, ra=1 if ra else 0, rcode=answer.rcode & 0xF)
     record = DNSRecord(header, q=DNSQuestion(qname, query.qtype, query.qclass))
     for address in answer.aaaa:
         record.add_answer(RR(qname, QTYPE.AAAA, wire.C_IN, ttl, AAAA(address)))
