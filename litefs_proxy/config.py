@@ -280,8 +280,12 @@ def default_hostname(env: Mapping[str, str]) -> str:
 
 def _replicator(t: _Table, env: Mapping[str, str]) -> ReplicatorConfig:
     if not t.data.get("role"):
-        raise ConfigError(f"{t.key('role')}: required (primary or replica)")
-    role = t.choice("role", ("primary", "replica"), "primary")
+        raise ConfigError(f"{t.key('role')}: required (primary, replica or auto)")
+    role = t.choice("role", ("primary", "replica", "auto"), "primary")
+    if role == "auto":  # LiteFS's `candidate: ${FLY_REGION == PRIMARY_REGION}`, without the expression language
+        if not env.get("PRIMARY_REGION") or not env.get("FLY_REGION"):
+            raise ConfigError(f"{t.key('role')}: auto needs PRIMARY_REGION and FLY_REGION in the environment")
+        role = "primary" if env["FLY_REGION"] == env["PRIMARY_REGION"] else "replica"
     addr_value = t.get("addr")
     addr = parse_endpoint(addr_value, t.key("addr")) if addr_value is not None else None
     primary_url = t.string("primary-url")

@@ -110,7 +110,7 @@ class LitefsProxy:
     """
 
     def __init__(self, cfg: ProxyConfig, mount: Path | None, *,
-                 before_cookie: Callable[[], None] | None = None, hostname: str = "") -> None:
+                 before_cookie: Callable[[], object] | None = None, hostname: str = "") -> None:
         self.cfg = cfg
         self.mount = mount
         self.before_cookie = before_cookie

@@ -1,0 +1,75 @@
+"""Running it: the mount stand-in (if the config has a `replicator` section), the app (`--exec`, like LiteFS's
+`exec` section) and the proxy, in one process, until SIGTERM/SIGINT or the app exits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from litefs_proxy.config import Config
+from litefs_proxy.errors import ConfigError
+from litefs_proxy.replicator import PrimaryReplicator, ReplicaReplicator
+from litefs_proxy.server import LitefsProxy
+
+log = logging.getLogger("litefs_proxy")
+
+
+async def run(config: Config, *, mount: Path | None = None, exec_cmd: str | None = None, proxy: bool = True,
+              stop: asyncio.Event | None = None, on_ready: Callable[[LitefsProxy | None], None] | None = None) -> int:
+    mount = mount or config.mount
+    if mount is None and config.proxy.mode != "primary-region":
+        raise ConfigError("fuse.dir: required (or --mount)")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    primary: PrimaryReplicator | None = None
+    replica: ReplicaReplicator | None = None
+    rep = config.replicator
+    if rep is not None and mount is not None:
+        if rep.role == "primary":
+            primary = PrimaryReplicator(mount, config.proxy.db, rep.hostname, rep.addr)
+            await primary.start()
+        else:
+            replica = ReplicaReplicator(mount, config.proxy.db, rep.primary_url, lag_interval=rep.lag_interval)
+            await replica.start()
+    child: asyncio.subprocess.Process | None = None
+    waiter: asyncio.Task[int] | None = None
+    server: LitefsProxy | None = None
+    code = 0
+    try:
+        if exec_cmd:
+            child = await asyncio.create_subprocess_shell(exec_cmd)
+            waiter = loop.create_task(child.wait())
+            waiter.add_done_callback(lambda _t: stop.set())
+        if proxy:
+            hostname = rep.hostname if rep is not None else ""
+            server = LitefsProxy(config.proxy, mount, before_cookie=primary.sync if primary else None,
+                                 hostname=hostname)
+            await server.start()
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+        if waiter is not None and waiter.done():
+            code = waiter.result()
+            log.info("the app exited with %d", code)
+    finally:
+        if server is not None:
+            await server.close()
+        if child is not None and child.returncode is None:
+            child.terminate()
+            try:
+                await asyncio.wait_for(child.wait(), 5)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+        if primary is not None:
+            await primary.close()
+        if replica is not None:
+            await replica.close()
+    return code
