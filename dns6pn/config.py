@@ -82,7 +82,7 @@ def from_toml(path: Path) -> ServerConfig:
     for key, value in values.items():
         want = _TYPES.get(key)
         if want is not None and (not isinstance(value, want) or isinstance(value, bool)):
-            raise DnsError(f"{path}: {key} must be a {want[0].__name__}")
+            raise DnsError(f"{path}: {key} must be of type {want[0].__name__}")
     for key in ("listen", "upstreams"):
         if key in values:
             if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):

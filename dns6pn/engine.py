@@ -24,6 +24,7 @@ DEFAULT_TTL = 5
 #: Bounds on what one server holds, whatever it is sent: replies cached and sources remembered.
 DEFAULT_CACHE_ENTRIES = 20_000
 SOURCE_ENTRIES = 20_000
+PACKET_KEY_MAX = 512  # longer queries (big EDNS options) skip the per-packet cache: bounds its memory
 
 Scope = tuple[int, str | None]  # (network id, region of the querying host)
 _FLAGS = struct.Struct("!H")
@@ -181,9 +182,10 @@ class Engine:
         flags = _FLAGS.unpack_from(out, 2)[0] | (query.flags & wire.ECHO_BITS)
         # ID and flags are the asker's; the question bytes are the asker's too, so its case is echoed.
         tail = _FLAGS.pack(flags) + out[4:12] + data[12 : query.end] + out[query.end :]
-        if len(self.packets) >= self.cache_entries:
-            self.packets.clear()
-        self.packets[(scope, tcp, data[2:])] = tail
+        if len(data) <= PACKET_KEY_MAX:
+            if len(self.packets) >= self.cache_entries:
+                self.packets.clear()
+            self.packets[(scope, tcp, data[2:])] = tail
         return data[:2] + tail
 
     def _build(self, query: wire.Query, scope: Scope) -> _Entry:
