@@ -124,7 +124,8 @@ class EdgeProxy:
         if app is None:
             raise HttpError(404, "PR02", f"no app for host {h.host_name(ex.head.host)!r}")
         info["app"] = app.name
-        ex.conn.idle_timeout = app.idle_timeout
+        if app.idle_timeout is not None:
+            ex.conn.idle_timeout = app.idle_timeout
         steer = steering_from_headers(ex.head.headers)
         forced = bool(steer.force_region or steer.force_instance)
         tee = BodyTee(ex, REPLAY_BODY_LIMIT)

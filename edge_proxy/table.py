@@ -38,8 +38,11 @@ class AppRoute:
         return self.service.concurrency if self.service is not None else Concurrency()
 
     @property
-    def idle_timeout(self) -> float:
-        return self.service.idle_timeout if self.service is not None else 60.0
+    def idle_timeout(self) -> float | None:
+        """The app's keep-alive timeout when it set one (the catalog's default 60 s counts as unset)."""
+        if self.service is None or self.service.idle_timeout == Service.__dataclass_fields__["idle_timeout"].default:
+            return None
+        return self.service.idle_timeout
 
 
 class RoutingTable:

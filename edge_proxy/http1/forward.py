@@ -23,6 +23,8 @@ from edge_proxy.http1.server import Exchange
 
 #: Framing fields set by the forwarder itself (RFC 9112 §6): never copied across.
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+#: The forwarder answers `Expect: 100-continue` itself (RFC 9110 §10.1.1), so it is not sent on.
+REQUEST_OWN = FRAMING | {b"expect"}
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class _Flow:
 
 
 def request_head_bytes(ex: Exchange, headers: h.Headers, body_length: int | None, chunked: bool) -> bytes:
-    out = [(k, v) for k, v in headers if k not in FRAMING]
+    out = [(k, v) for k, v in headers if k not in REQUEST_OWN]
     if body_length is not None:
         if body_length or ex.head.method in (b"POST", b"PUT", b"PATCH"):
             out.append((b"content-length", str(body_length).encode()))

@@ -64,6 +64,7 @@ class Exchange:
         self.sent_bytes = 0
         self.close_after = not head.keep_alive
         self.error_code = ""
+        self.dispatched = False  # the handler has started running
         self.state: dict[str, Any] = {}
         self._chunked = False
         self._tunnel_sink: Callable[[bytes], None] | None = None
@@ -171,6 +172,7 @@ class Exchange:
     def tunnel(self, on_data: Callable[[bytes], None], on_close: Callable[[], None]) -> None:
         """After a 101 was sent: raw client bytes go to `on_data`; `write_raw` sends raw bytes back."""
         self._tunnel_sink, self._tunnel_close = on_data, on_close
+        self.finished = True  # the HTTP exchange is over; the connection now belongs to the tunnel
         self.conn.start_tunnel(self)
 
     def write_raw(self, data: bytes) -> None:
@@ -196,6 +198,7 @@ class ServerConnection(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.local_port = 0
         self.closed = False
+        self.closing = False  # close() called: nothing more is written
         self.draining = False
         self.write_listener: Callable[[bool], None] | None = None
         self.idle_timeout = limits.idle_timeout  # a handler may set the app's (fly.toml idle_timeout)
@@ -351,6 +354,7 @@ class ServerConnection(asyncio.Protocol):
         self._task = self._loop.create_task(self._run(ex))
 
     async def _run(self, ex: Exchange) -> None:
+        ex.dispatched = True
         try:
             await self.handler(ex)
         except HttpError as exc:
@@ -392,10 +396,20 @@ class ServerConnection(asyncio.Protocol):
     def _fail(self, exc: HttpError) -> None:
         """A broken request: answer it (if nothing is in flight) and close; never forward it."""
         log.debug("rejecting request: %s", exc)
+        current = self._current
+        if current is not None and not current.dispatched and self._task is not None:
+            # The head parsed but the body broke in the same read: the handler never ran, nothing went out.
+            self._task.cancel()
+            self._current = self._task = None
         for ex in (self._parsing, *self._pending):
             if ex is not None:
-                ex.body.fail(exc)
-        if self._current is None or self._current.finished:
+                ex.body.fail(exc)  # a forwarder aborts its upstream: a truncated body never looks complete
+        current = self._current
+        if current is None or current.finished or not current.started:
+            if current is not None:
+                current.started = current.finished = True
+                current.status = exc.status
+                current.error_code = exc.code
             status, headers, body = error_response(exc)
             headers = [*headers, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
             self.write(h.serialize_response(status, headers) + body)
@@ -423,7 +437,7 @@ class ServerConnection(asyncio.Protocol):
     # -- plumbing ------------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.closing:
             self.transport.write(data)
 
     async def drain(self) -> None:
@@ -476,11 +490,13 @@ class ServerConnection(asyncio.Protocol):
             self.close()  # idle keep-alive connection: close silently (RFC 9112 §9.8)
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.closing:
+            self.closing = True
             self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
+            self.closing = True
             self.transport.abort()
 
     @property

@@ -64,7 +64,7 @@ class Backend:
             ex.end()
             return
         if path == b"/big":
-            size = 4 * 1024 * 1024
+            size = 64 * 1024 * 1024
             ex.start(200, [], length=size)
             block = b"x" * 65536
             for _ in range(size // len(block)):
