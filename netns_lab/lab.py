@@ -12,6 +12,7 @@ The run directory `/run/sixpn-lab/<id>/` holds `lab.json` (the topology), `state
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -112,6 +113,7 @@ class Lab:
             lab = cls(lab_id)
             lab._register()
             groups = services.groups_found(probe) if probe else set()
+            (run_dir / "groups.json").write_text(json.dumps(sorted(groups)))
             lab._start_services(groups)
         except BaseException:
             if probe and probe.poll() is None:
@@ -198,7 +200,16 @@ class Lab:
         raise LabStateError(f"no node or machine {name!r} in lab {self.lab_id}")
 
     def exec_argv(self, name: str, argv: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns_of(name), *argv]
+        """`ip netns exec NS ARGV`; in a machine, with the machine's environment (FLY_*), as its app has."""
+        ns = self.netns_of(name)
+        env: list[str] = []
+        if ns == self.plan.machine_ns(name):
+            for folder in ("services", "stopped"):
+                with contextlib.suppress(OSError, ValueError):
+                    doc = json.loads((self.run_dir / folder / f"m-{name}.json").read_text())
+                    env = ["env", *(f"{k}={v}" for k, v in sorted(doc.get("env", {}).items()))]
+                    break
+        return ["ip", "netns", "exec", ns, *env, *argv]
 
     def exec(self, name: str, argv: Sequence[str], timeout: float | None = 60.0,
              check: bool = False, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -214,6 +225,13 @@ class Lab:
             return status
         except (OSError, ValueError):
             return {}
+
+    def groups(self) -> list[str]:
+        """The sixpn CLI groups (mesh, dns, proxy) whose services this lab runs."""
+        try:
+            return [str(g) for g in json.loads((self.run_dir / "groups.json").read_text())]
+        except (OSError, ValueError):
+            return []
 
     def supervisor_pid(self) -> int | None:
         pid = system.read_pid(self.run_dir / "supervisor.pid")
@@ -243,7 +261,7 @@ class Lab:
             pass
         return {
             "lab": self.lab_id, "run_dir": str(self.run_dir), "state_dir": str(self.state_dir),
-            "supervisor_pid": self.supervisor_pid(), "scale": self.topology.scale,
+            "supervisor_pid": self.supervisor_pid(), "scale": self.topology.scale, "service_groups": self.groups(),
             "anycast": {"ipv4": str(planmod.ANYCAST4), "ipv6": str(planmod.ANYCAST6),
                         "edge_for": self.anycast_choice()},
             "delayline": svc.get("delayline", {}), "nodes": nodes, "machines": machines,

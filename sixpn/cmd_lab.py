@@ -58,7 +58,8 @@ def lab_up(args: argparse.Namespace) -> None:
     started = time.monotonic()
     lab = Lab.up(args.topology, args.lab, host_services=not args.no_services)
     nodes = len(lab.plan.nodes)
-    print(f"lab {lab.lab_id} up in {time.monotonic() - started:.2f}s: {nodes} nodes, run dir {lab.run_dir}")
+    print(f"lab {lab.lab_id} up in {time.monotonic() - started:.2f}s: {nodes} nodes, run dir {lab.run_dir}, "
+          f"services: {', '.join(lab.groups()) or 'none'}")
     print(f"catalog: {lab.state_dir}   (eval $(sixpn lab env --lab {lab.lab_id}))")
 
 

@@ -6,6 +6,8 @@
   Tests that cut nodes or stop machines must heal/start them again (or use `lab_app`, which cleans up).
 - `lab_app`: a factory `lab_app(name, org="acme", count=1, regions=None, config=None) -> list[Machine]` that
   creates an app in the lab's catalog and scales it; at teardown its machines and the app are removed.
+  The default config declares `[http_service] internal_port = 8080` (the sample app's port), so the edge
+  proxy may reach it through the mesh's isolation.
 - `lab_run(node, *argv)`: run a command in a lab node's (or machine id's) namespace, output captured.
 - Tests marked `@pytest.mark.lab` are skipped when the lab cannot run here.
 """
@@ -29,6 +31,7 @@ from netns_lab.machines import Machines
 LAB_ID = "tl"
 TOPOLOGY = Path(__file__).resolve().parent.parent / "examples" / "three-regions.toml"
 LAB_TOOLS = ("ip", "ping", "curl", "nft")
+DEFAULT_APP_CONFIG: dict[str, Any] = {"http_service": {"internal_port": 8080}}
 
 
 def lab_unavailable() -> str | None:
@@ -78,7 +81,7 @@ def lab_app(lab: Lab) -> Iterator[Callable[..., list[Machine]]]:
     def make(name: str, org: str = "acme", count: int = 1, regions: list[str] | None = None,
              config: dict[str, Any] | None = None) -> list[Machine]:
         with lab.catalog() as cat:
-            cat.create_app(name, org, config=config)
+            cat.create_app(name, org, config=DEFAULT_APP_CONFIG if config is None else config)
         created.append(name)
         return list(Machines(lab).scale(name, count, regions).added)
 
