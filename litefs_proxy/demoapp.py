@@ -20,8 +20,10 @@ from typing import Any
 
 from edge_proxy.http1 import Exchange, ServerConnection, ServerLimits
 
-JSON = [(b"content-type", b"application/json")]
-TEXT = [(b"content-type", b"text/plain")]
+_ID = [(b"x-region", os.environ.get("FLY_REGION", "").encode()),
+       (b"x-machine-id", os.environ.get("FLY_MACHINE_ID", "").encode())]  # which machine answered
+JSON = [(b"content-type", b"application/json"), *_ID]
+TEXT = [(b"content-type", b"text/plain"), *_ID]
 
 
 def identity() -> dict[str, str]:
@@ -58,7 +60,7 @@ class NotesApp:
             if row is None:
                 ex.respond(404, TEXT, b"no such note\n")
             else:
-                ex.respond(200, [(b"content-type", b"application/octet-stream")], bytes(row[0]))
+                ex.respond(200, [(b"content-type", b"application/octet-stream"), *_ID], bytes(row[0]))
         elif path in ("/", "/notes") and method in (b"GET", b"HEAD"):
             row = self._read("SELECT count(*) FROM notes", ())
             ex.respond(200, JSON, json.dumps({"count": row[0] if row else 0, **identity()}).encode())
