@@ -22,6 +22,7 @@ import httptools
 
 from edge_proxy.errors import UpstreamError
 from edge_proxy.http1 import head as h
+from edge_proxy.http1.head import set_nodelay
 
 Key = tuple[str, int]
 
@@ -61,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.transport = transport
         transport.set_write_buffer_limits(high=256 * 1024)
+        set_nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

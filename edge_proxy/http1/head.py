@@ -6,7 +6,9 @@ raw bytes. Everything here is pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -215,3 +217,13 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def set_nodelay(transport: object) -> None:
+    """Disable Nagle: a response head and its body go out in separate writes, and Nagle plus delayed ACKs
+    would hold the second one back ~40 ms (RFC 896 / RFC 1122 §4.2.3.2)."""
+    get = getattr(transport, "get_extra_info", None)
+    sock = get("socket") if get is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -27,6 +27,7 @@ import httptools
 from edge_proxy.errors import HttpError
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.body import Body, BodyError
+from edge_proxy.http1.head import set_nodelay
 
 log = logging.getLogger("edge_proxy.http1")
 
@@ -226,6 +227,7 @@ class ServerConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.transport = transport
         transport.set_write_buffer_limits(high=self.limits.write_high_water)
+        set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         if peer:

@@ -1,0 +1,162 @@
+"""Edge proxy vs nginx as an equivalent reverse proxy: same backend, same wrk run, one worker each.
+
+The backend is a third nginx (one worker) answering a fixed 200 on loopback, so both proxies are the thing
+measured. The edge runs `sixpn proxy serve` with a temporary catalog (Host routing, the routing core, all
+request/response headers on; access log off on both). Ends with one `key=value ...` line.
+
+    .venv/bin/python bench/proxy_bench.py [--duration 5] [--connections 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from catalog import Catalog  # noqa: E402
+
+BACKEND_CONF = """
+worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;
+  uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port};
+    location / {{ default_type text/plain; return 200 "hello from the backend\\n"; }} }}
+}}
+"""
+
+PROXY_CONF = """
+worker_processes 1; daemon off; pid {d}/proxy.pid; error_log {d}/proxy.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; client_body_temp_path {d}/cb2; proxy_temp_path {d}/pt2; fastcgi_temp_path {d}/ft2;
+  uwsgi_temp_path {d}/ut2; scgi_temp_path {d}/st2; keepalive_requests 1000000;
+  upstream machine {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://machine; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Port $server_port;
+      proxy_set_header Fly-Client-IP $remote_addr; proxy_set_header Fly-Region gru;
+      proxy_set_header Via "1.1 nginx"; proxy_set_header Fly-Request-Id $request_id;
+      add_header Via "1.1 nginx"; add_header Fly-Request-Id $request_id;
+    }}
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listening on port {port}")
+
+
+@contextlib.contextmanager
+def process(argv: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wrk(port: int, host: str, duration: int, connections: int) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms)."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {host}",
+         f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"wrk saw {errors.group(1)} errors against port {port}:\n{out}")
+
+    def pct(label: str) -> float:
+        match = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        assert match, out
+        value = float(match.group(1))
+        return value / 1000 if match.group(2) == "us" else value * 1000 if match.group(2) == "s" else value
+
+    return rps, pct("50"), pct("99")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="sixpn-bench-"))
+    try:
+        run(tmp, args.duration, args.connections)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(tmp: Path, duration: int, connections: int) -> None:
+    backend, nginx_port, edge_port = free_port(), free_port(), free_port()
+    (tmp / "backend.conf").write_text(BACKEND_CONF.format(d=tmp, port=backend))
+    (tmp / "proxy.conf").write_text(PROXY_CONF.format(d=tmp, port=nginx_port, backend=backend))
+    with Catalog(tmp / "state") as cat:
+        cat.create_org("bench")
+        cat.create_app("web", "bench", config={"app": "web", "http_service": {"internal_port": 8080}})
+        cat.register_host("worker-gru", "gru", "worker", "192.0.2.10")
+        machine = cat.create_machine("web", "worker-gru", state="started")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    edge_cmd = [sys.executable, "-m", "sixpn.cli", "--state", str(tmp / "state"), "proxy", "serve", "--region",
+                "gru", "--listen", f"127.0.0.1:{edge_port}", "--access-log", "off", "--static-rtt",
+                "--upstream-override", f"{machine.id}=127.0.0.1:{backend}"]
+    with process(["nginx", "-p", str(tmp), "-c", str(tmp / "backend.conf")]), \
+            process(["nginx", "-p", str(tmp), "-c", str(tmp / "proxy.conf")]), \
+            process(edge_cmd, env=env):
+        for port in (backend, nginx_port, edge_port):
+            wait_port(port)
+        wrk(edge_port, "web.sixpn.test", 1, connections)  # warm up pools
+        wrk(nginx_port, "web.sixpn.test", 1, connections)
+        direct = wrk(backend, "web.sixpn.test", duration, connections)
+        nginx = wrk(nginx_port, "web.sixpn.test", duration, connections)
+        edge = wrk(edge_port, "web.sixpn.test", duration, connections)
+    print(f"direct: {direct[0]:.0f} rps p50 {direct[1]:.2f} ms p99 {direct[2]:.2f} ms")
+    print(f"nginx:  {nginx[0]:.0f} rps p50 {nginx[1]:.2f} ms p99 {nginx[2]:.2f} ms")
+    print(f"edge:   {edge[0]:.0f} rps p50 {edge[1]:.2f} ms p99 {edge[2]:.2f} ms")
+    print(
+        f"edge_rps={edge[0]:.0f} nginx_rps={nginx[0]:.0f} ratio={edge[0] / nginx[0]:.2f} "
+        f"edge_added_p50_ms={edge[1] - direct[1]:.2f} edge_added_p99_ms={edge[2] - direct[2]:.2f} "
+        f"nginx_added_p50_ms={nginx[1] - direct[1]:.2f} nginx_added_p99_ms={nginx[2] - direct[2]:.2f} "
+        f"connections={connections} duration_s={duration}"
+    )
+
+
+if __name__ == "__main__":
+    main()
