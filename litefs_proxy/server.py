@@ -117,7 +117,8 @@ class LitefsProxy:
         self.hostname = hostname
         self.watcher = MountWatcher(mount, cfg.db, poll_interval=cfg.poll_interval,
                                     inotify=cfg.watch == "auto") if mount is not None else None
-        self.pool = BootRetryPool(cfg.connect_retry, idle_timeout=max(cfg.idle_timeout, 1.0))
+        self.pool = BootRetryPool(cfg.connect_retry, max_per_key=1024, max_idle_per_key=256,
+                                  idle_timeout=max(cfg.idle_timeout, 1.0))
         self.limits = ServerLimits(header_timeout=cfg.read_header_timeout or 3600.0,
                                    idle_timeout=cfg.idle_timeout or 3600.0)
         self.timeouts = Timeouts(connect=30.0, first_byte=cfg.write_timeout or 24 * 3600.0)

@@ -1,0 +1,161 @@
+"""litefs_proxy benchmark: read overhead against going direct, and the cost of 1,000 readers waiting.
+
+1. A minimal upstream (uvloop, fixed 13-byte response) in its own process; the proxy (`sixpn litefs-proxy
+   serve`) in another, its mount a temp dir that says "primary". `wrk` (2 threads, 50 connections, 5 s, keep-
+   alive) hits the upstream directly, then through the proxy: reads without a cookie, LiteFS's common case.
+2. 1,000 client connections each send a GET with a `__txid` one ahead of the replica's position; while they
+   wait, the proxy's CPU time (utime+stime from /proc) is sampled over 3 s; then the position moves once and
+   all 1,000 must be answered.
+
+Bounded: ~20 s, loopback only. Ends with one `key=value` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from litefs_proxy.mountfiles import Pos, format_lag, format_pos, write_atomic  # noqa: E402
+
+WAITERS = 1000
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nhello, world\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Upstream(asyncio.Protocol):
+    """Answers every request (no bodies in this bench) with RESPONSE; keep-alive, pipelining-safe."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            self.buf = self.buf[end + 4:]
+            self.transport.write(RESPONSE)  # type: ignore[attr-defined]
+
+
+def run_upstream(port: int) -> None:
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Upstream, "127.0.0.1", port, backlog=2048)
+        async with server:
+            await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def wrk(port: int) -> tuple[float, float]:
+    """(requests/s, p99 ms) from wrk's --latency report."""
+    out = subprocess.run(["wrk", "-t2", "-c50", "-d5s", "--latency", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return rps, p99
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+async def waiters(port: int, mount: Path, pid: int) -> tuple[float, float, int]:
+    """(proxy CPU ms per second while 1,000 wait, seconds until all answered after the move, answered)."""
+    request = b"GET / HTTP/1.1\r\nHost: b\r\nCookie: __txid=0000000000000002\r\n\r\n"
+    conns = []
+    for _ in range(WAITERS):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        conns.append((reader, writer))
+    await asyncio.sleep(1.0)  # all requests parsed and parked
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(3.0)
+    cpu_ms_per_s = (cpu_seconds(pid) - cpu0) * 1000 / (time.monotonic() - t0)
+    moved = time.monotonic()
+    write_atomic(mount / "db-pos", format_pos(Pos(2, 0)))
+    answers = await asyncio.gather(*(reader.readuntil(b"hello, world\n") for reader, _ in conns))
+    elapsed = time.monotonic() - moved
+    for _, writer in conns:
+        writer.close()
+    return cpu_ms_per_s, elapsed, sum(1 for a in answers if a.startswith(b"HTTP/1.1 200"))
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--upstream":
+        run_upstream(int(sys.argv[2]))
+        return
+    if shutil.which("wrk") is None:
+        raise SystemExit("needs wrk")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    up_port, proxy_port = free_port(), free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="litefs-bench-") as tmp:
+        mount = Path(tmp) / "mnt"
+        mount.mkdir()
+        write_atomic(mount / ".lag", format_lag(0))
+        write_atomic(mount / "db-pos", format_pos(Pos(1, 0)))
+        config = Path(tmp) / "litefs.yml"
+        config.write_text(f"fuse:\n  dir: {mount}\nproxy:\n  addr: '127.0.0.1:{proxy_port}'\n"
+                          f"  target: '127.0.0.1:{up_port}'\n  db: db\n  txid-timeout: 30s\n")
+        try:
+            procs.append(spawn([sys.executable, __file__, "--upstream", str(up_port)]))
+            procs.append(spawn([sys.executable, "-m", "sixpn.cli", "litefs-proxy", "serve", "--config", str(config)]))
+            wait_port(up_port)
+            wait_port(proxy_port)
+            direct_rps, direct_p99 = wrk(up_port)
+            proxy_rps, proxy_p99 = wrk(proxy_port)
+            cpu_ms, release_s, answered = asyncio.run(waiters(proxy_port, mount, procs[1].pid))
+        finally:
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(10)
+    ratio = proxy_rps / direct_rps
+    print(f"direct: {direct_rps:.0f} req/s, p99 {direct_p99:.2f} ms; through the proxy: {proxy_rps:.0f} req/s, "
+          f"p99 {proxy_p99:.2f} ms (wrk -t2 -c50 -d5s, keep-alive, 2 cores shared by all processes)")
+    print(f"{WAITERS} readers waiting on a position: proxy CPU {cpu_ms:.1f} ms/s while waiting; "
+          f"all {answered} answered {release_s * 1000:.0f} ms after the position moved")
+    print(f"direct_rps={direct_rps:.0f} proxy_rps={proxy_rps:.0f} rps_ratio={ratio:.3f} "
+          f"added_p99_ms={proxy_p99 - direct_p99:.2f} waiters={WAITERS} waiting_cpu_ms_per_s={cpu_ms:.2f} "
+          f"release_ms={release_s * 1000:.0f} answered={answered}")
+
+
+if __name__ == "__main__":
+    main()
