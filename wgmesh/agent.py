@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog import Catalog, CatalogError, Follower, State
+from catalog import Catalog, CatalogError, Follower, Host, NotFound, State
 from wgmesh import desired, keys, nftrules, wgctl
 from wgmesh.errors import MeshError
 from wgmesh.netlink import Netlink, NetOp
@@ -27,6 +27,7 @@ from wgmesh.plan import Op, RemovePeer, SetListenPort, SetPeer, SetPrivateKey, W
 
 log = logging.getLogger("wgmesh.agent")
 POLL = 0.02
+RETRY = 0.5
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,25 @@ class Agent:
         self.proc: subprocess.Popen[bytes] | None = None
         self.net: Netlink | None = None
 
-    def start(self) -> None:
-        host = self.catalog.host(self.config.host)
+    def start(self, stop: threading.Event) -> None:
+        host = self._wait_for_host(stop)
         if host.public_key != self.pair.public:
             self.catalog.set_host_key(self.config.host, self.pair.public)
         set_sysctls()
         self._start_interface()
+
+    def _wait_for_host(self, stop: threading.Event) -> Host:
+        """Our host row; a host registered just after its agent starts is waited for, not an error."""
+        warned = False
+        while True:
+            try:
+                return self.catalog.host(self.config.host)
+            except NotFound:
+                if not warned:
+                    log.warning("host %s is not in the catalog yet; waiting", self.config.host)
+                    warned = True
+            if stop.wait(0.2):
+                raise MeshError(f"stopped while waiting for host {self.config.host} to be registered")
 
     def _start_interface(self) -> None:
         if self.net is not None:
@@ -152,17 +166,21 @@ class Agent:
         """Follow the catalog until `stop` is set. Synchronous on purpose: every step is a netlink call
         or a short `wg` process, and pyroute2's sync API runs its own event loop internally."""
         follower = Follower(self.catalog)
-        self.reconcile(follower.state)
-        last = time.monotonic()
-        while not stop.wait(POLL):
+        due = 0.0  # monotonic time of the next reconcile even without a change
+        while True:
             changes = follower.poll()
-            self._check_child()
-            if changes or time.monotonic() - last >= self.config.resync:
+            if self.proc is not None and self.proc.poll() is not None:
+                due = 0.0  # wireguard-go died: restart it now, not at the next resync
+            if changes or time.monotonic() >= due:
                 try:
+                    self._check_child()
                     self.reconcile(follower.state)
+                    due = time.monotonic() + self.config.resync
                 except (MeshError, CatalogError) as exc:
-                    log.error("reconcile at v%d failed: %s", follower.state.version, exc)
-                last = time.monotonic()
+                    log.error("reconcile at v%d failed (retrying): %s", follower.state.version, exc)
+                    due = time.monotonic() + RETRY
+            if stop.wait(POLL):
+                return
 
 
 def in_order(ops: list[Op]) -> list[list[WgOp] | NetOp]:
@@ -187,7 +205,7 @@ def run_agent(config: AgentConfig) -> None:
     catalog = Catalog(config.state_dir)
     agent = Agent(config, catalog)
     try:
-        agent.start()
+        agent.start(stop)
         agent.run(stop)
         log.info("stopping")
     finally:

@@ -18,6 +18,10 @@ from wgmesh.dump import Net
 from wgmesh.errors import MeshError
 
 WG_PORT = 51820
+#: Host peers keep their sessions warm. Setting it also makes wireguard-go send a keepalive at once, so a
+#: restarted interface handshakes with every peer right away instead of waiting for the peer's stale session
+#: to time out (whitepaper §6.5: a new handshake replaces the old session on both sides).
+HOST_KEEPALIVE = 25
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def compute(state: State, host: str, public_key: str, listen_port: int = WG_PORT
         key = other.public_key
         if other.name == host or not key or key == public_key or key in peers:
             continue  # not yet keyed, or a duplicate key we must not let shadow a real peer
-        peers[key] = PeerSpec(key, host_allowed_ips(state, other), endpoint_of(other), 0, other.name)
+        peers[key] = PeerSpec(key, host_allowed_ips(state, other), endpoint_of(other), HOST_KEEPALIVE, other.name)
     lo: frozenset[ipaddress.IPv6Interface] = frozenset()
     if me.role == "gateway":
         for peer in sorted(state.peers.values(), key=lambda p: p.name):

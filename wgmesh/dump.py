@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from wgmesh.errors import MeshError
 
@@ -37,7 +38,9 @@ def _none(value: str) -> str | None:
     return None if value in ("(none)", "") else value
 
 
+@lru_cache(maxsize=65536)
 def _nets(value: str) -> frozenset[Net]:
+    """Cached: the same AllowedIPs strings come back on every reconcile, and parsing them dominates."""
     if value in ("(none)", ""):
         return frozenset()
     try:

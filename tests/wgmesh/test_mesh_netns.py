@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,3 +215,21 @@ def test_no_private_key_in_logs_or_command_lines(world: World) -> None:
     for secret in secrets:
         assert secret not in logs
         assert all(secret not in snap for snap in world.cmdlines)
+
+
+def test_wireguard_go_death_is_healed(world: World) -> None:
+    mesh = world.mesh
+    ifname = mesh.ifname("wb")
+    pid = next(line.split()[0] for line in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True,
+                                                          text=True).stdout.splitlines()
+               if line.split()[1:] == ["wireguard-go", ifname])
+    subprocess.run(["kill", "-9", pid], check=True)
+    deadline = time.monotonic() + 15
+    while True:
+        done = mesh.run(mesh.ns("wb"), "wg", "show", ifname, "peers", check=False)
+        if done.returncode == 0 and mesh.cat.host("wa").public_key in done.stdout.split():
+            break
+        assert time.monotonic() < deadline, "interface not rebuilt"
+        time.sleep(0.1)
+    assert ping(world, world.a1, world.b1.address)
+    assert mesh.agents["wb"].poll() is None
