@@ -68,6 +68,7 @@ class ProxyConfig:
     primary_region: str = ""
     region: str = ""
     rw_window: float = 5.0
+    litefs_url: str = ""  # LiteFS's HTTP API (e.g. http://localhost:20202): its /events wake waiters
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ def _proxy(t: _Table, env: Mapping[str, str]) -> ProxyConfig:
         primary_region=t.string("primary-region", env.get("PRIMARY_REGION", "")),
         region=t.string("region", env.get("FLY_REGION", "")),
         rw_window=t.duration("rw-window", 5.0),
+        litefs_url=t.string("litefs-url").rstrip("/"),
     )
     t.done()
     if cfg.mode == "primary-region" and not (cfg.primary_region and cfg.region):

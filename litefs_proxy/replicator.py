@@ -16,7 +16,9 @@ reads:
   (ms since the primary was last heard from; `+2147483647` before it ever was).
 
 The primary's HTTP API (`addr`, LiteFS uses :20202): `GET /info` (JSON), `GET /snapshot?after=<16 hex>`
-(long-poll: 200 + the database when newer, 204 after `wait` seconds, 1 s by default).
+(long-poll: 200 + the database when newer, 204 after `wait` seconds, 1 s by default) and LiteFS's `GET /events`
+(NDJSON: init, tx, primaryChange). A replica given an `addr` serves `/info` and `/events` too, so a proxy can
+be woken by events exactly as against real LiteFS.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from litefs_proxy.config import Endpoint
+from litefs_proxy.events import EventHub, primary_event, tx_event
 from litefs_proxy.inotify import OVERFLOW, read_names, watch_directory
 from litefs_proxy.mountfiles import (
     LAG_FILE,
@@ -102,6 +105,15 @@ def apply_snapshot(path: Path, data: bytes) -> None:
         mem.close()
 
 
+async def serve_api(app: web.Application, addr: Endpoint) -> tuple[web.AppRunner, int]:
+    """The stand-in's HTTP API (LiteFS's :20202): (runner, bound port)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, addr.host or None, addr.port, reuse_address=True)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
 class PrimaryReplicator:
     def __init__(self, mount: Path, db: str, hostname: str, addr: Endpoint | None) -> None:
         self.mount = mount
@@ -114,6 +126,7 @@ class PrimaryReplicator:
         self._fd: int | None = None
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
+        self.hub = EventHub(lambda: primary_event("init", True, self.hostname))
 
     @property
     def db_path(self) -> Path:
@@ -127,6 +140,7 @@ class PrimaryReplicator:
         self.pos = Pos(txid, checksum(txid.to_bytes(8, "big") + self.hostname.encode()))
         write_atomic(self.mount / pos_name(self.db), format_pos(self.pos))
         self._changed.set()
+        self.hub.publish(tx_event(self.db, self.pos.txid, self.pos.checksum))
         return True
 
     async def start(self) -> None:
@@ -145,11 +159,8 @@ class PrimaryReplicator:
             app = web.Application()
             app.router.add_get("/info", self._info)
             app.router.add_get("/snapshot", self._snapshot)
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.addr.host or None, self.addr.port, reuse_address=True)
-            await site.start()
-            self.port = int(self._runner.addresses[0][1])
+            app.router.add_get("/events", self.hub.handle)
+            self._runner, self.port = await serve_api(app, self.addr)
             log.info("replicator (primary %s) serving %s on port %d", self.hostname, self.db, self.port)
 
     async def close(self) -> None:
@@ -203,7 +214,7 @@ class PrimaryReplicator:
 
 class ReplicaReplicator:
     def __init__(self, mount: Path, db: str, primary_url: str, *, lag_interval: float = 0.5,
-                 retry: float = 0.5) -> None:
+                 retry: float = 0.5, addr: Endpoint | None = None) -> None:
         self.mount = mount
         self.db = db
         self.primary_url = primary_url.rstrip("/")
@@ -215,6 +226,10 @@ class ReplicaReplicator:
         self.applied = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self.addr = addr
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self.hub = EventHub(lambda: primary_event("init", False, self.primary or ""))
 
     async def start(self) -> None:
         self.mount.mkdir(parents=True, exist_ok=True)
@@ -224,6 +239,15 @@ class ReplicaReplicator:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LONG_POLL + 10, connect=5))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._pull()), loop.create_task(self._lag())]
+        if self.addr is not None:
+            app = web.Application()
+            app.router.add_get("/events", self.hub.handle)
+            app.router.add_get("/info", self._info)
+            self._runner, self.port = await serve_api(app, self.addr)
+
+    async def _info(self, request: web.Request) -> web.Response:
+        return web.json_response({"hostname": self.primary or "", "isPrimary": False, "db": self.db,
+                                  "txid": f"{self.txid:016x}"})
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -233,6 +257,8 @@ class ReplicaReplicator:
                 await task
         if self._session is not None:
             await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     async def _pull(self) -> None:
         assert self._session is not None
@@ -251,9 +277,11 @@ class ReplicaReplicator:
                         self.applied += 1
                         pos = Pos(txid, int(resp.headers.get("Litefs-Checksum", "0"), 16))
                         write_atomic(self.mount / pos_name(self.db), format_pos(pos))
+                        self.hub.publish(tx_event(self.db, pos.txid, pos.checksum))
             except (aiohttp.ClientError, TimeoutError, OSError, KeyError, ValueError, sqlite3.Error) as exc:
                 if self.primary is not None:
                     log.warning("lost the primary %s: %s", self.primary, exc)
+                    self.hub.publish(primary_event("primaryChange", False, ""))
                 self.primary = None
                 (self.mount / PRIMARY_FILE).unlink(missing_ok=True)
                 await asyncio.sleep(self.retry)
@@ -264,6 +292,7 @@ class ReplicaReplicator:
         if hostname and hostname != self.primary:
             self.primary = hostname
             write_atomic(self.mount / PRIMARY_FILE, format_primary(hostname))
+            self.hub.publish(primary_event("primaryChange", False, hostname))
             log.info("primary is %s", hostname)
 
     async def _lag(self) -> None:

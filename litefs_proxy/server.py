@@ -50,6 +50,7 @@ from litefs_proxy.classify import (
 from litefs_proxy.config import Endpoint, ProxyConfig, parse_endpoint
 from litefs_proxy.cookie import cookie_value, request_txid, set_cookie
 from litefs_proxy.errors import ConfigError, MountError
+from litefs_proxy.events import Event, EventsClient
 from litefs_proxy.mountfiles import read_lag
 from litefs_proxy.watcher import MountWatcher
 
@@ -123,6 +124,9 @@ class LitefsProxy:
                                    idle_timeout=cfg.idle_timeout or 3600.0)
         self.timeouts = Timeouts(connect=30.0, first_byte=cfg.write_timeout or 24 * 3600.0)
         self.target: Key = (cfg.target.host, cfg.target.port)
+        self.events: EventsClient | None = None
+        if cfg.litefs_url and self.watcher is not None:
+            self.events = EventsClient(cfg.litefs_url, self._on_event)
         self._servers: list[asyncio.Server] = []
         self._conns: set[ServerConnection] = set()
         self.port = 0
@@ -133,6 +137,8 @@ class LitefsProxy:
         loop = asyncio.get_running_loop()
         if self.watcher is not None:
             self.watcher.start()
+        if self.events is not None:
+            self.events.start()
         addr = self.cfg.addr
         server = await loop.create_server(self._protocol, addr.host or None, addr.port, reuse_address=True)
         self._servers.append(server)
@@ -140,6 +146,10 @@ class LitefsProxy:
         log.info("litefs proxy listening on %s, target %s, db %r, mode %s", Endpoint(addr.host, self.port),
                  self.cfg.target, self.cfg.db, self.cfg.mode)
         return self.port
+
+    def _on_event(self, event: Event | None) -> None:
+        if self.watcher is not None and (event is None or event.db in ("", self.cfg.db)):
+            self.watcher.poke()
 
     def _protocol(self) -> ServerConnection:
         return ServerConnection(self.handle, self.limits, on_open=self._conns.add, on_close=self._conns.discard)
@@ -152,6 +162,8 @@ class LitefsProxy:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self.events is not None:
+            await self.events.close()
         if self.watcher is not None:
             self.watcher.close()
         self.pool.close()

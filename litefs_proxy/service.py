@@ -36,7 +36,8 @@ async def run(config: Config, *, mount: Path | None = None, exec_cmd: str | None
             primary = PrimaryReplicator(mount, config.proxy.db, rep.hostname, rep.addr)
             await primary.start()
         else:
-            replica = ReplicaReplicator(mount, config.proxy.db, rep.primary_url, lag_interval=rep.lag_interval)
+            replica = ReplicaReplicator(mount, config.proxy.db, rep.primary_url, lag_interval=rep.lag_interval,
+                                        addr=rep.addr)
             await replica.start()
     child: asyncio.subprocess.Process | None = None
     waiter: asyncio.Task[int] | None = None

@@ -131,6 +131,11 @@ class MountWatcher:
 
     # -- wake-ups ------------------------------------------------------------------------------------------
 
+    def poke(self) -> None:
+        """Something says the mount changed (LiteFS's /events): re-read it for whoever waits."""
+        self._release_pos()
+        self._release_roles()
+
     def _on_readable(self) -> None:
         assert self._fd is not None
         names = read_names(self._fd)

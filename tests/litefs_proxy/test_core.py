@@ -301,3 +301,25 @@ def test_read_mount_files(tmp_path: Path) -> None:
     write_atomic(tmp_path / ".primary", "m9\n")
     assert read_role(tmp_path) == ("replica", "m9")
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
+
+
+# -- LiteFS /events lines ----------------------------------------------------------------------------------
+
+def test_parse_litefs_events() -> None:
+    from litefs_proxy.events import Event, parse_event, primary_event, tx_event
+
+    assert parse_event(b'{"type":"init","data":{"isPrimary":true,"hostname":"node-1"}}\n') == \
+        Event("init", is_primary=True, hostname="node-1")
+    tx = b'{"type":"tx","db":"db","data":{"txID":"0000000000000027","postApplyChecksum":"83b05248774ce767"}}'
+    assert parse_event(tx) == Event("tx", db="db", txid=0x27)
+    assert parse_event(b'{"type":"primaryChange","data":{"isPrimary":false,"hostname":"node-2"}}') == \
+        Event("primaryChange", is_primary=False, hostname="node-2")
+    for bad in (b"", b"beep boop", b"[]", b'{"data":{}}', b'{"type":1}'):
+        assert parse_event(bad) is None
+    assert parse_event(b'{"type":"tx","data":{"txID":"zz"}}') == Event("tx")
+    assert parse_event(tx_event("db", 5, 6)) == Event("tx", db="db", txid=5)
+    assert parse_event(primary_event("init", False, "m1")) == Event("init", is_primary=False, hostname="m1")
+
+
+def test_config_litefs_url() -> None:
+    assert parse_config(BASE + "  litefs-url: http://localhost:20202/\n").proxy.litefs_url == "http://localhost:20202"

@@ -86,3 +86,44 @@ def test_replica_follows_primary_and_a_client_reads_its_own_write(tmp_path: Path
             await replica2.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_litefs_events_wake_waiting_readers_without_inotify_or_polling(tmp_path: Path) -> None:
+    """The replica's stand-in serves LiteFS's /events; the proxy follows it with inotify off and a 60 s poll."""
+
+    async def main() -> None:
+        pm, rm = tmp_path / "primary", tmp_path / "replica"
+        primary = PrimaryReplicator(pm, "db", "m-gru", Endpoint("127.0.0.1", 0))
+        await primary.start()
+        replica = ReplicaReplicator(rm, "db", f"http://127.0.0.1:{primary.port}", addr=Endpoint("127.0.0.1", 0))
+        await replica.start()
+        app = NotesApp(pm / "db")
+        try:
+            async with upstream(app.handle) as app_p, upstream(NotesApp(rm / "db").handle) as app_r, \
+                    proxy(make_cfg(app_p.port), pm, before_cookie=primary.sync) as pp, \
+                    proxy(make_cfg(app_r.port, watch="poll", poll_interval=60.0, txid_timeout=10.0,
+                                   litefs_url=f"http://127.0.0.1:{replica.port}"), rm) as rp:
+                assert (await request(pp.port, "POST", "/notes", body=b"migration")).status == 201
+                for _ in range(200):
+                    if read_pos(rm, "db") is not None and rp.events is not None and rp.events.connected:
+                        break
+                    await asyncio.sleep(0.02)
+                assert rp.watcher is not None and not rp.watcher.notifying
+                # The read is sent first, with the position the next commit will have: it must wait for it.
+                counter = change_counter(pm / "db")
+                assert counter is not None
+                cookie = f"__txid={counter + 1:016x}"
+                read = asyncio.create_task(request(rp.port, "GET", "/notes/2", [("Cookie", cookie)], timeout=8.0))
+                while rp.watcher.waiting == 0:
+                    await asyncio.sleep(0.01)
+                resp = await request(pp.port, "POST", "/notes", body=b"via events")
+                assert json.loads(resp.body)["id"] == 2
+                assert resp.all(b"set-cookie")[0].startswith(cookie.encode() + b";")
+                resp = await read
+                assert (resp.status, resp.body) == (200, b"via events")  # a 60 s poll would have 504ed at 10 s
+                assert rp.watcher.wakeups >= 1
+        finally:
+            await replica.close()
+            await primary.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
