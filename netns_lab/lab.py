@@ -30,6 +30,7 @@ from netns_lab import services, system, topology
 from netns_lab.delaycore import DelayConfig
 from netns_lab.errors import LabError, LabStateError
 from netns_lab.plan import Plan
+from netns_lab.supervisor import Spec
 from netns_lab.system import Batch
 
 RUN_ROOT = Path("/run/sixpn-lab")
@@ -81,6 +82,7 @@ class Lab:
         self.topology = topology.loads(self.topology_text)
         self.plan: Plan = planmod.make_plan(self.lab_id, self.topology)
         self.regions = default_regions()
+        self.not_ready: list[str] = []  # host services that were not serving when `up(wait_ready=True)` returned
 
     # -- paths and handles ---------------------------------------------------------------------
 
@@ -99,9 +101,10 @@ class Lab:
 
     @classmethod
     def up(cls, topo: topology.Topology | str | Path | None = None, lab_id: str | None = None,
-           host_services: bool = True) -> Lab:
+           host_services: bool = True, wait_ready: bool = False) -> Lab:
         """Build a lab (cleaning any earlier one with this id first). `topo`: a Topology, a TOML file path,
-        or None for the default three-region topology."""
+        or None for the default three-region topology. Returns once the delay line runs and every service
+        is spawned; with `wait_ready`, also waits (bounded, see `wait_ready`) until the services serve."""
         check_environment()
         lab_id = planmod.check_lab_id(lab_id or default_lab_id())
         text = _topology_text(topo)
@@ -115,6 +118,8 @@ class Lab:
             groups = services.groups_found(probe) if probe else set()
             (run_dir / "groups.json").write_text(json.dumps(sorted(groups)))
             lab._start_services(groups)
+            if wait_ready:
+                lab.not_ready = lab.wait_ready()
         except BaseException:
             if probe and probe.poll() is None:
                 probe.kill()
@@ -149,6 +154,31 @@ class Lab:
         _wait("the delay line", lambda: (self.run_dir / "delayline.ready").exists(), READY_TIMEOUT, self.run_dir)
         _wait("the services to start", lambda: all((pids / f"{s.name}.pid").exists() for s in specs),
               READY_TIMEOUT, self.run_dir)
+
+    def wait_ready(self, timeout: float = 30.0) -> list[str]:
+        """Wait until every host service serves (proxy on :80, DNS on :53, the mesh's WireGuard interface
+        up); returns the services still not ready after `timeout` (a broken service does not fail the lab:
+        the supervisor keeps restarting it and its log says why)."""
+        specs = [s for s in self._specs() if "." in s.name]  # host services are named <node>.<service>
+        deadline = time.monotonic() + timeout
+        pending = [s.name for s in specs]
+        while pending and time.monotonic() < deadline:
+            pending = []
+            for spec in specs:
+                pid = system.read_pid(self.run_dir / "pids" / f"{spec.name}.pid")
+                role = self.plan.node(spec.name.split(".", 1)[0]).role
+                if pid is None or not system.alive(pid) or not services.is_ready(spec, pid, role):
+                    pending.append(spec.name)
+            if pending:
+                time.sleep(0.1)
+        return pending
+
+    def _specs(self) -> list[Spec]:
+        specs = []
+        for path in sorted((self.run_dir / "services").glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                specs.append(Spec.from_json(json.loads(path.read_text())))
+        return specs
 
     # -- the backbone --------------------------------------------------------------------------
 

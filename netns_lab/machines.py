@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from catalog import App, CatalogError, Machine, addressing
 from netns_lab import services, system
@@ -178,7 +177,7 @@ class Machines:
                 if pid is None:
                     log = self.lab.logs_dir / f"{mid}.app.log"
                     raise LabError(f"machine {mid}'s app exited at start (see {log})")
-                if _listening(pid, port):
+                if services.listens(pid, port):
                     pending.discard(mid)
             time.sleep(0.05)
         return sorted(pending)
@@ -254,19 +253,6 @@ class Machines:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         return pid
-
-
-def _listening(pid: int, port: int) -> bool:
-    for name in ("tcp6", "tcp"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
 
 
 def describe(machine: Machine) -> str:

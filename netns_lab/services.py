@@ -75,3 +75,40 @@ def write_spec(run_dir: Path, spec: Spec, folder: str = "services") -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(spec.to_json()))
     tmp.replace(path)  # atomic: the supervisor never reads half a spec
+
+
+def _proc_net(pid: int, name: str) -> list[list[str]]:
+    try:
+        return [line.split() for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]]
+    except OSError:
+        return []
+
+
+def listens(pid: int, port: int, udp: bool = False) -> bool:
+    """Whether the namespace of `pid` has a socket listening on (TCP) or bound to (UDP) `port`.
+    /proc/<pid>/net shows the sockets of the pid's network namespace, so nothing is spawned to look."""
+    names = ("udp6", "udp") if udp else ("tcp6", "tcp")
+    for name in names:
+        for fields in _proc_net(pid, name):
+            if len(fields) > 3 and (udp or fields[3] == "0A") and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def has_interface(pid: int, ifname: str) -> bool:
+    return any(fields and fields[0].rstrip(":") == ifname for fields in _proc_net(pid, "dev"))
+
+
+def is_ready(spec: Spec, pid: int, role: str) -> bool:
+    """A host service is ready when what it serves exists: the proxy listens on :80, a worker's DNS server
+    has port 53 bound (a gateway's binds only once a network has a peer there), the mesh agent's WireGuard
+    interface is up in its namespace."""
+    kind = spec.name.rsplit(".", 1)[-1]
+    if kind == "proxy":
+        return listens(pid, 80)
+    if kind == "dns" and role == "worker":
+        return listens(pid, 53, udp=True)
+    if kind == "mesh":
+        ifname = spec.argv[spec.argv.index("--interface") + 1] if "--interface" in spec.argv else ""
+        return bool(ifname) and has_interface(pid, ifname)
+    return True

@@ -27,6 +27,8 @@ def register(cli: Registry) -> None:
     up = _lab_opt(cli.verb("lab", "up", "build the lab (namespaces, underlay with latency, anycast, services)", lab_up))
     up.add_argument("topology", nargs="?", type=Path, help="topology TOML (default: the three-region lab)")
     up.add_argument("--no-services", action="store_true", help="do not start the hosts' sixpn services")
+    up.add_argument("--wait", action="store_true",
+                    help="also wait until the services serve (proxy :80, DNS :53, WireGuard interface)")
     _lab_opt(cli.verb("lab", "down", "remove everything of the lab (idempotent, cleans crashed runs)", lab_down))
     status = _lab_opt(cli.verb("lab", "status", "nodes, services, machines and anycast of the lab", lab_status))
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -56,11 +58,13 @@ def register(cli: Registry) -> None:
 
 def lab_up(args: argparse.Namespace) -> None:
     started = time.monotonic()
-    lab = Lab.up(args.topology, args.lab, host_services=not args.no_services)
+    lab = Lab.up(args.topology, args.lab, host_services=not args.no_services, wait_ready=args.wait)
     nodes = len(lab.plan.nodes)
     print(f"lab {lab.lab_id} up in {time.monotonic() - started:.2f}s: {nodes} nodes, run dir {lab.run_dir}, "
           f"services: {', '.join(lab.groups()) or 'none'}")
     print(f"catalog: {lab.state_dir}   (eval $(sixpn lab env --lab {lab.lab_id}))")
+    if lab.not_ready:
+        print(f"warning: not serving yet: {', '.join(lab.not_ready)} (see sixpn lab logs)", file=sys.stderr)
 
 
 def lab_down(args: argparse.Namespace) -> None:

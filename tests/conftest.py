@@ -1,7 +1,8 @@
 """Shared fixtures for every part's tests.
 
 - `lab`: one three-region lab (examples/three-regions.toml, id `tl`) for the whole session, with the hosts'
-  services running (mesh agent, DNS, proxy: whichever CLI groups exist). Skipped when not root or the lab's
+  services running (mesh agent, DNS, proxy: whichever CLI groups exist), waited for until they serve
+  (bounded: `lab.not_ready` lists the ones that did not). Skipped when not root or the lab's
   tools are missing; always torn down (`Lab.down` also cleans what a crashed earlier session left).
   Tests that cut nodes or stop machines must heal/start them again (or use `lab_app`, which cleans up).
 - `lab_app`: a factory `lab_app(name, org="acme", count=1, regions=None, config=None) -> list[Machine]` that
@@ -61,7 +62,7 @@ def lab() -> Iterator[Lab]:
     if reason:
         pytest.skip(reason)
     try:
-        yield Lab.up(TOPOLOGY, LAB_ID)
+        yield Lab.up(TOPOLOGY, LAB_ID, wait_ready=True)
     finally:
         Lab.down(LAB_ID)
 
