@@ -122,7 +122,7 @@ class LitefsProxy:
                                   idle_timeout=max(cfg.idle_timeout, 1.0))
         self.limits = ServerLimits(header_timeout=cfg.read_header_timeout or 3600.0,
                                    idle_timeout=cfg.idle_timeout or 3600.0)
-        self.timeouts = Timeouts(connect=30.0, first_byte=cfg.write_timeout or 24 * 3600.0)
+        self.timeouts = Timeouts(connect=30.0, first_byte=24 * 3600.0)  # LiteFS has no first-byte limit
         self.target: Key = (cfg.target.host, cfg.target.port)
         self.events: EventsClient | None = None
         if cfg.litefs_url and self.watcher is not None:
@@ -171,6 +171,37 @@ class LitefsProxy:
     # -- the request flow (spec order) ------------------------------------------------------------------
 
     async def handle(self, ex: Exchange) -> None:
+        """Go's server timeouts around the flow: `read-timeout` bounds reading the whole request (body too),
+        `write-timeout` the time until the response is written; past either the connection is closed, as Go
+        does. Upgraded (tunnelled) connections are exempt from the write timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None
+        if self.cfg.read_timeout > 0 and ex.head.has_body:
+            deadline = loop.call_later(self.cfg.read_timeout, self._read_deadline, ex)
+        try:
+            if self.cfg.write_timeout > 0 and not ex.head.upgrade:
+                timer = asyncio.timeout(self.cfg.write_timeout)
+                try:
+                    async with timer:
+                        await self._route(ex)
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+                    log.info("write timeout (%gs): closing the connection", self.cfg.write_timeout)
+                    ex.abort()
+            else:
+                await self._route(ex)
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+
+    @staticmethod
+    def _read_deadline(ex: Exchange) -> None:
+        if not ex.body.done:
+            log.info("read timeout: request body incomplete, closing the connection")
+            ex.abort()
+
+    async def _route(self, ex: Exchange) -> None:
         method = ex.head.method.decode("latin-1")
         route = classify(method, ex.head.target.decode("latin-1"), self.cfg)
         if self.cfg.debug:

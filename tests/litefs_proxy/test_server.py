@@ -389,3 +389,35 @@ def test_primary_region_mode(tmp_path: Path) -> None:
                 assert resp.body == b"OK\n"
 
     run(main)
+
+
+# -- Go's server timeouts ------------------------------------------------------------------------------
+
+def test_write_timeout_closes_the_connection(tmp_path: Path) -> None:
+    async def main() -> None:
+        as_primary(tmp_path)
+
+        async def slow(ex: Exchange) -> None:
+            await asyncio.sleep(2)
+            ex.respond(200, [], b"late")
+
+        async with upstream(slow) as up, proxy(make_cfg(up.port, write_timeout=0.2), tmp_path) as p:
+            resp = await request(p.port, "GET", "/slow", timeout=5.0)
+            assert resp.status == 0 and resp.body == b""  # closed, nothing written
+        async with upstream() as up, proxy(make_cfg(up.port, write_timeout=5.0), tmp_path) as p:
+            assert (await request(p.port, "GET", "/fast")).status == 200
+
+    run(main)
+
+
+def test_read_timeout_closes_a_connection_whose_body_never_ends(tmp_path: Path) -> None:
+    async def main() -> None:
+        as_primary(tmp_path)
+        async with upstream() as up, proxy(make_cfg(up.port, read_timeout=0.2), tmp_path) as p:
+            reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+            writer.write(b"POST /w HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12")
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed without a response
+            writer.close()
+            assert (await request(p.port, "POST", "/w", body=b"0123456789")).status == 200
+
+    run(main)
