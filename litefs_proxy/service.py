@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,20 @@ from litefs_proxy.server import LitefsProxy
 log = logging.getLogger("litefs_proxy")
 
 
+def raise_fd_limit() -> None:
+    """A proxy holds two sockets per waiting reader: take the hard limit on open files (Go does the same)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def run(config: Config, *, mount: Path | None = None, exec_cmd: str | None = None, proxy: bool = True,
               stop: asyncio.Event | None = None, on_ready: Callable[[LitefsProxy | None], None] | None = None) -> int:
     mount = mount or config.mount
     if mount is None and config.proxy.mode != "primary-region":
         raise ConfigError("fuse.dir: required (or --mount)")
+    raise_fd_limit()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
