@@ -29,6 +29,7 @@ def register(cli: Registry) -> None:
     agent.add_argument("--listen-port", type=int, default=WG_PORT)
     agent.add_argument("--resync", type=float, default=10.0, help="seconds between drift-healing reconciles")
     agent.add_argument("--wg-log", type=Path, help="file for wireguard-go's own output")
+    agent.add_argument("--userspace", action="store_true", help="use wireguard-go even with the kernel module")
 
     made = cli.verb("wg", "create", "register a laptop peer on a gateway and print its wg-quick config", wg_create)
     made.add_argument("org")
@@ -68,6 +69,7 @@ def mesh_agent(args: argparse.Namespace) -> None:
     run_agent(AgentConfig(
         state_dir=args.state or default_state_dir(), host=args.host, ifname=args.interface,
         key_file=args.key_file, listen_port=args.listen_port, resync=args.resync, wg_log=args.wg_log,
+        userspace=args.userspace,
     ))
 
 

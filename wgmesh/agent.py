@@ -39,6 +39,7 @@ class AgentConfig:
     listen_port: int = desired.WG_PORT
     resync: float = 10.0
     wg_log: Path | None = None
+    userspace: bool = False  # wireguard-go even where the kernel module exists
 
 
 def applied_path(state_dir: Path, host: str) -> Path:
@@ -124,15 +125,23 @@ class Agent:
         if self.net is not None:
             self.net.close()
         subprocess.run(["ip", "link", "del", self.config.ifname], capture_output=True, check=False)  # stale
-        self.proc = wgctl.start_wireguard_go(self.config.ifname, self.config.wg_log)
+        # Kernel WireGuard where the module exists (spec), else wireguard-go as our supervised child.
+        self.proc = None
+        kernel = not self.config.userspace and subprocess.run(
+            ["ip", "link", "add", self.config.ifname, "type", "wireguard"], capture_output=True, check=False
+        ).returncode == 0
+        if not kernel:
+            self.proc = wgctl.start_wireguard_go(self.config.ifname, self.config.wg_log)
         self.net = Netlink(self.config.ifname)
         self.net.link_up(self.config.ifname)
-        log.info("interface %s up (wireguard-go pid %d), public key %s", self.config.ifname, self.proc.pid,
-                 self.pair.public)
+        how = "kernel" if self.proc is None else f"wireguard-go pid {self.proc.pid}"
+        log.info("interface %s up (%s), public key %s", self.config.ifname, how, self.pair.public)
 
     def stop(self) -> None:
         if self.proc is not None:
             wgctl.stop(self.proc)
+        else:  # a kernel interface outlives us unless removed
+            subprocess.run(["ip", "link", "del", self.config.ifname], capture_output=True, check=False)
         if self.net is not None:
             self.net.close()
 
