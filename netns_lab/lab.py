@@ -183,10 +183,23 @@ class Lab:
     # -- the backbone --------------------------------------------------------------------------
 
     def cut_set(self) -> frozenset[str]:
+        return self._read_set("cut.json")
+
+    def withdrawn_set(self) -> frozenset[str]:
+        """Edges whose anycast route is withdrawn because their proxy is stopped or stopped serving
+        (kept by the supervisor's health check, see anycast.py)."""
+        return self._read_set("withdrawn.json")
+
+    def _read_set(self, name: str) -> frozenset[str]:
         try:
-            return frozenset(json.loads((self.run_dir / "cut.json").read_text()))
+            return frozenset(json.loads((self.run_dir / name).read_text()))
         except (OSError, ValueError):
             return frozenset()
+
+    def _write_set(self, name: str, names: set[str] | frozenset[str]) -> None:
+        tmp = self.run_dir / f"{name}.tmp"
+        tmp.write_text(json.dumps(sorted(names)))
+        tmp.replace(self.run_dir / name)
 
     def cut(self, node_name: str) -> None:
         """Take a node off the backbone (its veth on the bridge goes down); anycast moves away from a cut edge."""
@@ -199,22 +212,55 @@ class Lab:
         node = self.plan.node(node_name)
         cuts = set(self.cut_set())
         (cuts.add if cut else cuts.discard)(node.name)
-        (self.run_dir / "cut.json").write_text(json.dumps(sorted(cuts)))
+        self._write_set("cut.json", cuts)
         system.run_batch([f"link set {node.bb_if} {'down' if cut else 'up'}"], self.plan.bb_ns)
-        self._apply_anycast(frozenset(cuts))
+        self.apply_anycast()
+
+    def set_withdrawn(self, edges: frozenset[str]) -> None:
+        self._write_set("withdrawn.json", edges)
+        self.apply_anycast()
 
     def anycast_choice(self) -> dict[str, str | None]:
-        choice = planmod.anycast_choice(self.plan, self.regions, self.cut_set())
+        choice = planmod.anycast_choice(self.plan, self.regions, self.cut_set() | self.withdrawn_set())
         return {region: (edge.name if edge else None) for region, edge in choice.items()}
 
-    def _apply_anycast(self, cuts: frozenset[str]) -> None:
-        choice = planmod.anycast_choice(self.plan, self.regions, cuts)
+    def apply_anycast(self) -> None:
+        """Point every region's anycast route at its nearest edge that is neither cut nor withdrawn."""
+        choice = planmod.anycast_choice(self.plan, self.regions, self.cut_set() | self.withdrawn_set())
         # The delay line first (it must know where a packet will go before the kernel sends it there).
         _write_delay_config(self.plan, self.run_dir, choice)
         pid = system.read_pid(self.run_dir / "delayline.ready")
         if pid is not None:
             system.kill_pids([pid], signal.SIGHUP)
         system.run_batch(planmod.anycast_lines(self.plan, choice), self.plan.bb_ns)
+
+    # -- host services -------------------------------------------------------------------------
+
+    def stop_service(self, node_name: str, service: str) -> None:
+        """Stop a host service (`edge-gru`, `proxy`) until `start_service`; a stopped proxy withdraws its
+        edge's anycast route at once."""
+        name = f"{self.plan.node(node_name).name}.{service}"
+        spec = self.run_dir / "services" / f"{name}.json"
+        if not spec.exists():
+            if (self.run_dir / "stopped" / f"{name}.json").exists():
+                return
+            raise LabStateError(f"no service {service!r} on {node_name} (services run: {', '.join(self.groups())})")
+        spec.replace(self.run_dir / "stopped" / spec.name)
+        _wait(f"{name} to stop", lambda: not _running(self.run_dir, name), READY_TIMEOUT, self.run_dir)
+        if service == "proxy" and self.supervisor_pid() is not None:
+            _wait("the anycast withdrawal", lambda: node_name in self.withdrawn_set(), READY_TIMEOUT, self.run_dir)
+
+    def start_service(self, node_name: str, service: str) -> None:
+        name = f"{self.plan.node(node_name).name}.{service}"
+        stopped = self.run_dir / "stopped" / f"{name}.json"
+        if stopped.exists():
+            stopped.replace(self.run_dir / "services" / stopped.name)
+        elif not (self.run_dir / "services" / f"{name}.json").exists():
+            raise LabStateError(f"no service {service!r} on {node_name}")
+        _wait(f"{name} to start", lambda: _running(self.run_dir, name), READY_TIMEOUT, self.run_dir)
+        if service == "proxy" and self.supervisor_pid() is not None:
+            _wait("the anycast announcement", lambda: node_name not in self.withdrawn_set(), READY_TIMEOUT,
+                  self.run_dir)
 
     # -- running things in nodes ---------------------------------------------------------------
 
@@ -270,11 +316,13 @@ class Lab:
     def status(self) -> dict[str, Any]:
         svc = self.service_status()
         cuts = self.cut_set()
+        withdrawn = self.withdrawn_set()
         nodes = []
         for node in self.plan.nodes:
             nodes.append({
                 "name": node.name, "role": node.role, "region": node.region, "netns": node.ns,
                 "underlay4": str(node.v4), "underlay6": str(node.v6), "cut": node.name in cuts,
+                "anycast_withdrawn": node.name in withdrawn,
                 "wg_interface": self.plan.wg_ifname(node) if node.is_host else None,
                 "services": {k.split(".", 1)[1]: v for k, v in svc.items() if k.startswith(node.name + ".")},
             })
@@ -299,6 +347,11 @@ class Lab:
 
 
 # -- building and tearing down --------------------------------------------------------------------
+
+
+def _running(run_dir: Path, name: str) -> bool:
+    pid = system.read_pid(run_dir / "pids" / f"{name}.pid")
+    return pid is not None and system.alive(pid)
 
 
 def _topology_text(topo: topology.Topology | str | Path | None) -> str:

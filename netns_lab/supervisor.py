@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,12 @@ class Supervisor:
         if self.dirty:
             self.write_status()
 
+    def withdrawn(self) -> list[str]:
+        try:
+            return [str(e) for e in json.loads((self.run_dir / "withdrawn.json").read_text())]
+        except (OSError, ValueError):
+            return []
+
     def write_status(self) -> None:
         self.dirty = False
         status = {
@@ -208,14 +215,33 @@ class Supervisor:
             self.reap(svc, time.monotonic())
         self.write_status()
 
+    def health_checker(self) -> Callable[[float], bool] | None:
+        """The lab's anycast health check, when this supervisor runs a lab (not a bare run dir in a test)."""
+        if not (self.run_dir / "lab.json").exists():
+            return None
+        from netns_lab.anycast import EdgeHealth
+        from netns_lab.lab import Lab
+
+        lab = Lab(self.lab_id)
+        if lab.run_dir.resolve() != self.run_dir.resolve():
+            return None
+        return EdgeHealth(lab).tick
+
     def run(self) -> None:
         self.pid_dir.mkdir(parents=True, exist_ok=True)
+        health = self.health_checker()
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
         log(f"supervisor of lab {self.lab_id} started, pid {os.getpid()}")
         try:
             while True:
                 self.reconcile()
+                if health is not None:
+                    try:
+                        if health(time.monotonic()):
+                            log(f"anycast withdrawn from: {', '.join(sorted(self.withdrawn())) or 'none'}")
+                    except Exception as exc:  # the health check must never take the supervisor down
+                        log(f"anycast health check failed: {exc!r}")
                 time.sleep(TICK)
         finally:
             self.shutdown()

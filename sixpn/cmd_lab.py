@@ -41,6 +41,11 @@ def register(cli: Registry) -> None:
     for verb, what in (("cut", "take a node off the backbone"), ("heal", "put a cut node back on the backbone")):
         p = _lab_opt(cli.verb("lab", verb, what, lab_cut if verb == "cut" else lab_heal))
         p.add_argument("node")
+    for verb, what in (("stop", "stop a host service (a stopped proxy withdraws its edge from anycast)"),
+                       ("start", "start a host service stopped with `lab stop`")):
+        p = _lab_opt(cli.verb("lab", verb, what, lab_service))
+        p.add_argument("node")
+        p.add_argument("service", help="mesh, dns or proxy")
     _lab_opt(cli.verb("lab", "env", "print `export SIXPN_STATE=... SIXPN_LAB=...` for the lab", lab_env))
 
     scale = _lab_opt(cli.verb("scale", "count", "run N machines of an app, spread over regions (in the lab)",
@@ -130,6 +135,15 @@ def lab_heal(args: argparse.Namespace) -> None:
 
 def _anycast(lab: Lab) -> str:
     return ", ".join(f"{r}->{e or 'none'}" for r, e in lab.anycast_choice().items())
+
+
+def lab_service(args: argparse.Namespace) -> None:
+    lab = Lab(args.lab)
+    if args.verb == "stop":
+        lab.stop_service(args.node, args.service)
+    else:
+        lab.start_service(args.node, args.service)
+    print(f"{args.node} {args.service} {'stopped' if args.verb == 'stop' else 'started'}; anycast: {_anycast(lab)}")
 
 
 def lab_env(args: argparse.Namespace) -> None:

@@ -93,3 +93,16 @@ def test_every_host_reaches_every_other_host(lab: Lab) -> None:
     with ThreadPoolExecutor(len(nodes)) as pool:
         outs = list(pool.map(lambda n: lab.exec(n.name, ["sh", "-c", script]).stdout, nodes))
     assert not any("FAIL" in out for out in outs), outs
+
+
+def test_a_stopped_or_dead_proxy_withdraws_its_edge(lab: Lab, whoami: None) -> None:
+    if "proxy" not in lab.groups():
+        pytest.skip("no edge proxy in this tree yet")
+    lab.stop_service("edge-gru", "proxy")
+    try:
+        assert lab.withdrawn_set() == {"edge-gru"}
+        assert reached(lab, "client-gru", str(ANYCAST4)) == "edge-gig"
+        assert reached(lab, "client-gig", str(ANYCAST6)) == "edge-gig"
+    finally:
+        lab.start_service("edge-gru", "proxy")
+    assert reached(lab, "client-gru", str(ANYCAST4)) == "edge-gru"
