@@ -35,9 +35,15 @@ async def run(config: Config, *, mount: Path | None = None, exec_cmd: str | None
     raise_fd_limit()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    signalled: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signalled.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     primary: PrimaryReplicator | None = None
     replica: ReplicaReplicator | None = None
     rep = config.replicator
@@ -66,9 +72,11 @@ async def run(config: Config, *, mount: Path | None = None, exec_cmd: str | None
         if on_ready is not None:
             on_ready(server)
         await stop.wait()
-        if waiter is not None and waiter.done():
-            code = waiter.result()
-            log.info("the app exited with %d", code)
+        if waiter is not None and waiter.done() and not signalled:
+            # The app ended on its own: so do we, with its status (a signal's as 128+n, like a shell).
+            result = waiter.result()
+            code = 128 - result if result < 0 else result
+            log.info("the app exited with %d", result)
     finally:
         if server is not None:
             await server.close()
