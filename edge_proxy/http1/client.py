@@ -34,6 +34,7 @@ class ResponseSink(Protocol):
     def upstream_lost(self, exc: BaseException) -> None: ...
     def upstream_writable(self, writable: bool) -> None: ...
     def tunnel_data(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -85,6 +86,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.responded = True
         try:
             self.parser.feed_data(data)
+            if self.sink is not None:
+                self.sink.flush()  # a head held back for coalescing goes out now that this read is done
         except httptools.HttpParserUpgrade as upgrade:
             self.tunnel = True
             rest = data[int(upgrade.args[0]):]

@@ -119,7 +119,7 @@ class _Flow:
                 if cl is not None and head.status not in (204, 304) and head.status >= 200:
                     headers.append((b"content-length", cl))  # HEAD keeps the length it would have had
             length = head.content_length if head.framing == "length" else None
-            self.ex.start(head.status, headers, length=length, no_body=no_body, reason=head.reason)
+            self.ex.start(head.status, headers, length=length, no_body=no_body, reason=head.reason, defer=True)
             self.ex.on_client_writable(self._client_writable)
         if not self.head_fut.done():
             self.head_fut.set_result(head)
@@ -145,7 +145,7 @@ class _Flow:
             self.ex.finished = True
         if not self.head_fut.done():
             self.head_fut.set_exception(UpstreamError(f"upstream closed: {exc}", sent=self.request_sent))
-        if not self.done_fut.done():
+        if self.head is not None and not self.done_fut.done():  # done_fut is awaited only after a head
             self.done_fut.set_exception(UpstreamError(f"upstream closed mid-response: {exc}", sent=True))
 
     def upstream_writable(self, writable: bool) -> None:
@@ -153,6 +153,14 @@ class _Flow:
 
     def tunnel_data(self, data: bytes) -> None:
         self.ex.write_raw(data)
+
+    def flush(self) -> None:
+        if not self.discard:
+            self.ex.flush()
+
+    def first_byte_timeout(self) -> None:
+        if not self.head_fut.done():
+            self.head_fut.set_exception(HttpError(504, "PR05", "no response from upstream in time"))
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -223,16 +231,19 @@ async def forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers
         conn.write(request_head_bytes(ex, headers, length, flow.chunked_out))
         flow.send_body(tee)
     flow.request_sent = True
+    timer = asyncio.get_running_loop().call_later(timeouts.first_byte, flow.first_byte_timeout)
     try:
-        head = await asyncio.wait_for(flow.head_fut, timeouts.first_byte)
-    except TimeoutError:
+        head = await flow.head_fut
+    except HttpError:
         conn.abort()
-        raise HttpError(504, "PR05", f"no response from upstream within {timeouts.first_byte:g}s") from None
+        raise
     except UpstreamError as exc:
         if reused and not conn.responded:
             exc.stale = True
         conn.abort()
         raise
+    finally:
+        timer.cancel()
     try:
         await flow.done_fut
     except UpstreamError:

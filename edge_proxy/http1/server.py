@@ -68,6 +68,7 @@ class Exchange:
         self.dispatched = False  # the handler has started running
         self.state: dict[str, Any] = {}
         self._chunked = False
+        self._held = b""
         self._tunnel_sink: Callable[[bytes], None] | None = None
         self._tunnel_close: Callable[[], None] | None = None
 
@@ -97,7 +98,7 @@ class Exchange:
             self.error_code = code
         no_body = self.head.method == b"HEAD" or status in (204, 304) or status < 200
         self.start(status, [*headers, (b"content-length", str(len(body)).encode())], length=len(body),
-                   no_body=True)
+                   no_body=True, defer=True)
         if body and not no_body:
             self._write(body)
         self.end()
@@ -113,7 +114,7 @@ class Exchange:
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def start(self, status: int, headers: h.Headers, *, length: int | None, no_body: bool = False,
-              reason: bytes = b"") -> None:
+              reason: bytes = b"", defer: bool = False) -> None:
         """Send the response head. `headers` carry no framing fields unless `no_body`; `length` None means
         unknown: chunked to an HTTP/1.1 client, close-delimited to HTTP/1.0 (RFC 9112 §6.3)."""
         if self.started:
@@ -138,7 +139,17 @@ class Exchange:
                 out = [*out, (b"connection", b"close")]
             elif self.head.version == b"1.0":
                 out = [*out, (b"connection", b"keep-alive")]
-        self.conn.write(h.serialize_response(status, out, reason))
+        head = h.serialize_response(status, out, reason)
+        if defer:
+            self._held = head  # sent with the first body bytes or by flush(): one write for small responses
+        else:
+            self.conn.write(head)
+
+    def flush(self) -> None:
+        """Send a response head held back by `start(defer=True)`."""
+        if self._held:
+            held, self._held = self._held, b""
+            self.conn.write(held)
 
     def write(self, data: bytes) -> None:
         if data:
@@ -146,13 +157,17 @@ class Exchange:
 
     def _write(self, data: bytes) -> None:
         self.sent_bytes += len(data)
+        if self._held:
+            data, self._held = self._held + data, b""
         self.conn.write(data)
 
     def end(self) -> None:
         if self.finished:
             return
         if self._chunked:
-            self.conn.write(h.LAST_CHUNK)
+            self._write(h.LAST_CHUNK)
+        else:
+            self.flush()
         self.finished = True
 
     def abort(self) -> None:
@@ -338,7 +353,8 @@ class ServerConnection(asyncio.Protocol):
             self._start(ex)
         else:
             self._pending.append(ex)
-            self.set_paused("pipeline", True)  # one request ahead is enough (RFC 9112 §9.3.2)
+            if len(self._pending) > 1:
+                self.set_paused("pipeline", True)  # a request or two ahead is enough (RFC 9112 §9.3.2)
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
@@ -388,7 +404,7 @@ class ServerConnection(asyncio.Protocol):
             return
         if self._pending:
             nxt = self._pending.popleft()
-            self.set_paused("pipeline", bool(self._pending))
+            self.set_paused("pipeline", len(self._pending) > 1)
             self._start(nxt)
         elif self._in_head:
             self._arm(self.limits.header_timeout)
