@@ -41,7 +41,8 @@ replicator:
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="litefs-lab-") as d:
+    # Requested before lab_app by the tests, so it is removed after the machines writing into it are gone.
+    with tempfile.TemporaryDirectory(prefix="litefs-lab-", ignore_cleanup_errors=True) as d:
         yield Path(d)
 
 
@@ -108,7 +109,7 @@ def read_your_write(lab: Lab, app: str, root: Path, gru: Machine, body_file: Pat
 
 
 def test_replay_mode_post_from_sjc_reaches_gru_and_the_next_get_sees_it(
-        lab: Lab, lab_app: Callable[..., list[Machine]], workdir: Path) -> None:
+        lab: Lab, workdir: Path, lab_app: Callable[..., list[Machine]]) -> None:
     gru, sjc = deploy(lab, lab_app, "notes", workdir, "replay")
     wait_ready(lab, "notes", workdir, sjc)
     note = workdir / "note.txt"
@@ -119,7 +120,7 @@ def test_replay_mode_post_from_sjc_reaches_gru_and_the_next_get_sees_it(
 
 
 def test_forward_mode_moves_a_5mib_write_without_the_edge_replaying(
-        lab: Lab, lab_app: Callable[..., list[Machine]], workdir: Path) -> None:
+        lab: Lab, workdir: Path, lab_app: Callable[..., list[Machine]]) -> None:
     gru, sjc = deploy(lab, lab_app, "notesfwd", workdir, "forward")
     wait_ready(lab, "notesfwd", workdir, sjc)
     big = workdir / "big.bin"
