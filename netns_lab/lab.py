@@ -101,10 +101,12 @@ class Lab:
 
     @classmethod
     def up(cls, topo: topology.Topology | str | Path | None = None, lab_id: str | None = None,
-           host_services: bool = True, wait_ready: bool = False) -> Lab:
+           host_services: bool = True, wait_ready: bool = False, owner_pid: int | None = None) -> Lab:
         """Build a lab (cleaning any earlier one with this id first). `topo`: a Topology, a TOML file path,
         or None for the default three-region topology. Returns once the delay line runs and every service
-        is spawned; with `wait_ready`, also waits (bounded, see `wait_ready`) until the services serve."""
+        is spawned; with `wait_ready`, also waits (bounded, see `wait_ready`) until the services serve.
+        `owner_pid`: the process the lab belongs to (a test session); `down_orphans` removes the lab once
+        that process is gone."""
         check_environment()
         lab_id = planmod.check_lab_id(lab_id or default_lab_id())
         text = _topology_text(topo)
@@ -112,7 +114,7 @@ class Lab:
         cls.down(lab_id)
         run_dir = run_dir_of(lab_id)
         try:
-            _build(lab_id, text, run_dir)
+            _build(lab_id, text, run_dir, owner_pid)
             lab = cls(lab_id)
             lab._register()
             groups = services.groups_found(probe) if probe else set()
@@ -131,6 +133,20 @@ class Lab:
     def down(lab_id: str | None = None) -> list[str]:
         """Remove everything carrying the lab id; returns what was found (empty when already down)."""
         return _teardown(planmod.check_lab_id(lab_id or default_lab_id()))
+
+    @staticmethod
+    def down_orphans() -> list[str]:
+        """Tear down every lab created with an `owner_pid` whose process is gone (a killed test session)."""
+        gone = []
+        for lab_json in sorted(RUN_ROOT.glob("*/lab.json")):
+            try:
+                owner = json.loads(lab_json.read_text()).get("owner_pid")
+            except (OSError, ValueError):
+                continue
+            if isinstance(owner, int) and not system.alive(owner):
+                Lab.down(lab_json.parent.name)
+                gone.append(lab_json.parent.name)
+        return gone
 
     def _register(self) -> None:
         with self.catalog() as cat:
@@ -379,12 +395,12 @@ def topology_to_toml(topo: topology.Topology) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build(lab_id: str, text: str, run_dir: Path) -> None:
+def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None) -> None:
     plan = planmod.make_plan(lab_id, topology.loads(text))
     for sub in ("state", "logs", "services", "pids", "stopped"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     (run_dir / "keys").mkdir(mode=0o700, exist_ok=True)
-    (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text}))
+    (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text, "owner_pid": owner_pid}))
     system.run_batch(planmod.netns_lines(plan))
     system.write_sysctls(plan.bb_ns, planmod.BACKBONE_SYSCTLS)
     for node in plan.nodes:

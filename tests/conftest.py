@@ -1,6 +1,6 @@
 """Shared fixtures for every part's tests.
 
-- `lab`: one three-region lab (examples/three-regions.toml, id `tl`) for the whole session, with the hosts'
+- `lab`: one three-region lab (examples/three-regions.toml, id `lab_id("l")`) for the whole session, with the hosts'
   services running (mesh agent, DNS, proxy: whichever CLI groups exist), waited for until they serve
   (bounded: `lab.not_ready` lists the ones that did not). Skipped when not root or the lab's
   tools are missing; always torn down (`Lab.down` also cleans what a crashed earlier session left).
@@ -29,7 +29,15 @@ from catalog import Machine
 from netns_lab.lab import Lab
 from netns_lab.machines import Machines
 
-LAB_ID = "tl"
+#: Lab ids are unique per test session (helpers run pytest in parallel on one machine): `t` + two base-36
+#: digits of the session's pid + a one-letter role. Labs of dead sessions are removed at session start.
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+SESSION = os.environ.get("SIXPN_TEST_LAB_PREFIX") or f"t{_DIGITS[os.getpid() // 36 % 36]}{_DIGITS[os.getpid() % 36]}"
+
+
+def lab_id(role: str) -> str:
+    """This session's id for a lab playing `role` (one letter): `lab_id("l")` is the shared lab."""
+    return f"{SESSION}{role}"
 TOPOLOGY = Path(__file__).resolve().parent.parent / "examples" / "three-regions.toml"
 LAB_TOOLS = ("ip", "ping", "curl", "nft")
 DEFAULT_APP_CONFIG: dict[str, Any] = {"http_service": {"internal_port": 8080}}
@@ -61,10 +69,11 @@ def lab() -> Iterator[Lab]:
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
+    Lab.down_orphans()
     try:
-        yield Lab.up(TOPOLOGY, LAB_ID, wait_ready=True)
+        yield Lab.up(TOPOLOGY, lab_id("l"), wait_ready=True, owner_pid=os.getpid())
     finally:
-        Lab.down(LAB_ID)
+        Lab.down(lab_id("l"))
 
 
 @pytest.fixture

@@ -16,6 +16,9 @@ import pytest
 
 from netns_lab.lab import Lab
 from netns_lab.system import MARKER_ENV
+from tests.conftest import lab_id
+
+A, B, C = lab_id("a"), lab_id("b"), lab_id("c")
 
 pytestmark = pytest.mark.lab
 
@@ -61,45 +64,45 @@ def cleanup() -> Iterator[list[str]]:
 
 
 def test_two_labs_coexist_and_down_leaves_nothing(cleanup: list[str]) -> None:
-    cleanup += ["ta", "tb"]
-    out = sixpn("lab", "up", "--lab", "ta")  # through the CLI, with the hosts' services
+    cleanup += [A, B]
+    out = sixpn("lab", "up", "--lab", A)  # through the CLI, with the hosts' services
     assert out.returncode == 0, out.stderr
-    tb = Lab.up(None, "tb", host_services=False)  # through the API, bare
-    ta = Lab("ta")
-    status = json.loads(sixpn("lab", "status", "--json", "--lab", "ta").stdout)
-    assert status["lab"] == "ta" and status["supervisor_pid"]
-    for lab in (ta, tb):
+    lab_b = Lab.up(None, B, host_services=False, owner_pid=os.getpid())  # through the API, bare
+    lab_a = Lab(A)
+    status = json.loads(sixpn("lab", "status", "--json", "--lab", A).stdout)
+    assert status["lab"] == A and status["supervisor_pid"]
+    for lab in (lab_a, lab_b):
         assert lab.exec("client-gru", ["ping", "-c1", "-W2", "198.51.100.66"]).returncode == 0
-    out = sixpn("lab", "down", "--lab", "ta")
+    out = sixpn("lab", "down", "--lab", A)
     assert out.returncode == 0, out.stderr
-    assert traces("ta") == []
-    assert tb.exec("client-sjc", ["ping", "-c1", "-W2", "192.0.2.1"]).returncode == 0  # the other lab is untouched
-    assert Lab.down("tb") != []
-    assert traces("tb") == []
-    assert Lab.down("tb") == []  # idempotent: nothing left to find
+    assert traces(A) == []
+    assert lab_b.exec("client-sjc", ["ping", "-c1", "-W2", "192.0.2.1"]).returncode == 0  # the other lab is untouched
+    assert Lab.down(B) != []
+    assert traces(B) == []
+    assert Lab.down(B) == []  # idempotent: nothing left to find
 
 
 def test_down_cleans_what_a_killed_up_left(cleanup: list[str]) -> None:
-    cleanup.append("tc")
-    proc = subprocess.Popen([sys.executable, "-m", "sixpn.cli", "lab", "up", "--lab", "tc"],
+    cleanup.append(C)
+    proc = subprocess.Popen([sys.executable, "-m", "sixpn.cli", "lab", "up", "--lab", C],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        while not Path("/run/sixpn-lab/tc/supervisor.pid").exists():  # killed once its supervisor runs
+        while not Path(f"/run/sixpn-lab/{C}/supervisor.pid").exists():  # killed once its supervisor runs
             assert time.monotonic() < deadline and proc.poll() is None, "lab up did not get far"
             time.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     # A stray process in a lab namespace, as a test or user would leave one.
-    stray = subprocess.Popen(["ip", "netns", "exec", "tc-client-gru", "sleep", "300"])
+    stray = subprocess.Popen(["ip", "netns", "exec", f"{C}-client-gru", "sleep", "300"])
     try:
         time.sleep(0.2)
-        assert traces("tc") != []
-        out = sixpn("lab", "down", "--lab", "tc")
+        assert traces(C) != []
+        out = sixpn("lab", "down", "--lab", C)
         assert out.returncode == 0, out.stderr
         stray.wait(10)
-        assert traces("tc") == []
+        assert traces(C) == []
     finally:
         stray.kill()
         stray.wait()
@@ -111,3 +114,13 @@ def test_cli_errors_are_one_line() -> None:
     assert out.stderr.startswith("sixpn: lab zq is not up") and out.stderr.count("\n") == 1
     bad = sixpn("lab", "down", "--lab", "TOOLONG")
     assert bad.returncode == 1 and "lab id" in bad.stderr
+
+
+def test_labs_of_dead_sessions_are_removed(cleanup: list[str]) -> None:
+    ghost = subprocess.Popen(["true"])  # a pid that has exited: the "session" is gone
+    ghost.wait()
+    lab_d = lab_id("d")
+    cleanup.append(lab_d)
+    Lab.up(None, lab_d, host_services=False, owner_pid=ghost.pid)
+    assert lab_d in Lab.down_orphans()
+    assert traces(lab_d) == []
