@@ -135,7 +135,7 @@ def run(tmp: Path, duration: int, connections: int) -> None:
         machine = cat.create_machine("web", "worker-gru", state="started")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     edge_cmd = [sys.executable, "-m", "sixpn.cli", "--state", str(tmp / "state"), "proxy", "serve", "--region",
-                "gru", "--listen", f"127.0.0.1:{edge_port}", "--access-log", "off", "--static-rtt",
+                "gru", "--listen", f"127.0.0.1:{edge_port}", "--access-log", "off", "--static-rtt", "--metrics", "off",
                 "--upstream-override", f"{machine.id}=127.0.0.1:{backend}"]
     with process(["nginx", "-p", str(tmp), "-c", str(tmp / "backend.conf")]), \
             process(["nginx", "-p", str(tmp), "-c", str(tmp / "proxy.conf")]), \

@@ -22,10 +22,10 @@ class ProxyConfig:
     listen: tuple[str, ...] = ("0.0.0.0:80",)
     tls_listen: tuple[str, ...] = ()
     cert_dir: str = ""  # <hostname>.crt + <hostname>.key pairs, chosen by SNI
-    metrics_listen: str = ""  # e.g. 127.0.0.1:9091; GET /metrics
+    metrics_listen: str = "127.0.0.1:9091"  # GET /metrics; "" = off. Best effort: a busy port is logged
     upstream_override: tuple[tuple[str, str], ...] = ()  # (machine id or 6PN address, "host:port")
     workers: int = 1
-    connect_timeout: float = 5.0
+    connect_timeout: float = 3.0  # the mesh's worst RTT is ~0.3 s; a lost SYN is retried at 1 s
     first_byte_timeout: float = 60.0
     header_timeout: float = 10.0
     idle_timeout: float = 60.0  # client keep-alive when the app sets none

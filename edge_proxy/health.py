@@ -230,7 +230,8 @@ class Checker:
         try:
             if isinstance(check, TcpCheck):
                 return True
-            lines = [f"{check.method} {check.path} HTTP/1.1", f"Host: {target[0]}", "Connection: close",
+            host = f"[{target[0]}]" if ":" in target[0] else target[0]  # RFC 3986 §3.2.2 IP-literal
+            lines = [f"{check.method} {check.path} HTTP/1.1", f"Host: {host}:{target[1]}", "Connection: close",
                      "User-Agent: sixpn-edge-check", *(f"{k}: {v}" for k, v in check.headers)]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
             status_line = await reader.readline()

@@ -330,7 +330,8 @@ class EdgeProxy:
 
     def publish_gauges(self) -> None:
         m = self.metrics
-        for name in ("sixpn_edge_machine_load", "sixpn_edge_machine_healthy", "sixpn_edge_host_rtt_ms"):
+        for name in ("sixpn_edge_machine_load", "sixpn_edge_machine_healthy", "sixpn_edge_host_rtt_ms",
+                     "sixpn_edge_host_rtt_samples"):
             m.clear_gauge(name)
         for app in self.table.apps.values():
             kind = app.concurrency.type
@@ -342,6 +343,7 @@ class EdgeProxy:
                 m.set("sixpn_edge_machine_healthy", float(self.health.healthy(machine.id)), app=app.name,
                       machine=machine.id, region=machine.region)
                 m.set("sixpn_edge_host_rtt_ms", self.rtt.rtt(machine.host), host=machine.host)
+                m.set("sixpn_edge_host_rtt_samples", self.rtt.samples.get(machine.host, 0), host=machine.host)
         m.set("sixpn_edge_open_connections", len(self.connections))
 
 

@@ -177,7 +177,10 @@ async def run_worker(config: ProxyConfig, state_dir: Path, metrics_dump: Path | 
         await service.start()
         metrics = None
         if config.metrics_listen and metrics_dump is None:
-            metrics = await metrics_server(config.metrics_listen, service.proxy.metrics.render)
+            try:
+                metrics = await metrics_server(config.metrics_listen, service.proxy.metrics.render)
+            except OSError as exc:
+                log.warning("metrics endpoint %s not served: %s", config.metrics_listen, exc.strerror)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -240,7 +243,12 @@ def _supervise(config: ProxyConfig, state_dir: Path) -> int:
                     total.merge(json.loads(path.read_text()))
             return total.render()
 
-        server = await metrics_server(config.metrics_listen, render) if config.metrics_listen else None
+        server = None
+        if config.metrics_listen:
+            try:
+                server = await metrics_server(config.metrics_listen, render)
+            except OSError as exc:
+                log.warning("metrics endpoint %s not served: %s", config.metrics_listen, exc.strerror)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

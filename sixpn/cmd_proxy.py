@@ -21,7 +21,8 @@ def register(cli: Registry) -> None:
     serve.add_argument("--tls-listen", action="append", metavar="ADDR:PORT", help="HTTPS listener (repeatable)")
     serve.add_argument("--cert-dir", type=Path, help="directory of <hostname>.crt/.key pairs for TLS (SNI)")
     serve.add_argument("--domain", help="app domain: <app>.<domain> (default sixpn.test)")
-    serve.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics at http://ADDR:PORT/metrics")
+    serve.add_argument("--metrics", metavar="ADDR:PORT",
+                       help="Prometheus metrics at http://ADDR:PORT/metrics (default 127.0.0.1:9091; 'off')")
     serve.add_argument("--workers", type=int, help="worker processes sharing the ports (SO_REUSEPORT)")
     serve.add_argument("--upstream-override", action="append", metavar="ID=HOST:PORT", default=[],
                        help="reach a machine (by id or 6PN address) at HOST:PORT instead (standalone/tests)")
@@ -37,7 +38,8 @@ def register(cli: Registry) -> None:
 
 def build_config(args: argparse.Namespace) -> ProxyConfig:
     overrides: dict[str, object] = {
-        "host": args.host, "region": args.region, "domain": args.domain, "metrics_listen": args.metrics,
+        "host": args.host, "region": args.region, "domain": args.domain,
+        "metrics_listen": "" if args.metrics == "off" else args.metrics,
         "workers": args.workers,
         "listen": tuple(args.listen) if args.listen else None,
         "tls_listen": tuple(args.tls_listen) if args.tls_listen else None,
