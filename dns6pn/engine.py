@@ -137,6 +137,8 @@ class Engine:
 
         First a lookup by the packet's bytes after the ID: the same bytes from the same network always
         get the same reply (whatever its case, flags or EDNS options), so a repeat skips even parsing."""
+        if data.__class__ is not bytes:
+            data = bytes(data)  # a bytearray (dnslib's pack) is not hashable
         scope = self.sources.get(source)
         if scope is not None:
             tail = self.packets.get((scope, tcp, data[2:]))

@@ -9,9 +9,10 @@ import signal
 from pathlib import Path
 
 import uvloop
+from dnslib import DNSRecord
 
 from catalog import Catalog, default_state_dir
-from dns6pn import DnsError, DnsServer, ServerConfig, parse_address
+from dns6pn import DnsError, DnsServer, Engine, Forward, ServerConfig, parse_address
 from dns6pn.config import from_toml, override
 from sixpn.registry import Registry
 
@@ -32,6 +33,13 @@ def register(cli: Registry) -> None:
                        help="treat every query as sent from this 6PN address (tests over loopback)")
     serve.add_argument("--config", type=Path, help="TOML file with these settings (flags win)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    query = cli.verb("dns", "query", "answer one question from the catalog as dns6pn would (no network)",
+                     dns_query)
+    query.add_argument("name")
+    query.add_argument("type", nargs="?", default="AAAA")
+    query.add_argument("--from", dest="source", required=True, metavar="WHO",
+                       help="the asker: a 6PN address, a machine id or a WireGuard peer name")
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -55,6 +63,28 @@ def dns_serve(args: argparse.Namespace) -> int:
         uvloop.run(_serve(catalog, config))
     finally:
         catalog.close()
+    return 0
+
+
+def dns_query(args: argparse.Namespace) -> int:
+    with Catalog(args.state or default_state_dir()) as catalog:
+        state = catalog.snapshot()
+    source = args.source
+    if source in state.machines:
+        source = state.machines[source].address
+    elif source in state.peers:
+        source = state.peers[source].address
+    try:
+        question = DNSRecord.question(args.name, args.type.upper())
+    except Exception as exc:  # dnslib raises several types for a bad name or type
+        raise DnsError(f"bad question {args.name} {args.type}: {exc}") from None
+    reply = Engine(state, forwarding=True).handle(question.pack(), source, tcp=True)
+    if isinstance(reply, Forward):
+        print(f"{args.name} is outside .internal: dns6pn forwards it to its upstreams")
+        return 0
+    if reply is None:
+        raise DnsError("no reply")
+    print(DNSRecord.parse(reply))
     return 0
 
 

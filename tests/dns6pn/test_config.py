@@ -68,3 +68,19 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith("sixpn: ") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_cli_query_answers_from_the_catalog(tmp_path: Path) -> None:
+    from tests.dns6pn.world import build
+
+    world = build(tmp_path / "state")
+    world.catalog.close()
+    state = str(tmp_path / "state")
+    done = cli("--state", state, "dns", "query", "web.internal", "--from", world.web_gru.id)
+    assert done.returncode == 0 and "NOERROR" in done.stdout and world.web_ams.address in done.stdout
+    done = cli("--state", state, "dns", "query", "web.internal", "--from", world.globex.id)
+    assert done.returncode == 0 and "NXDOMAIN" in done.stdout
+    done = cli("--state", state, "dns", "query", "_peer.internal", "TXT", "--from", "alice")
+    assert done.returncode == 0 and '"alice"' in done.stdout
+    assert "forwards" in cli("--state", state, "dns", "query", "example.com", "--from", "alice").stdout
+    assert cli("--state", state, "dns", "query", "x.internal", "BOGUS", "--from", "alice").returncode == 1
