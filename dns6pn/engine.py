@@ -132,20 +132,25 @@ class Engine:
 
     # -- packet side ---------------------------------------------------------------------------------
 
-    def handle(self, data: bytes, source: str | bytes, tcp: bool = False) -> bytes | Forward | None:
+    def handle(
+        self, data: bytes, source: str | bytes, tcp: bool = False, only: int | None = None
+    ) -> bytes | Forward | None:
         """The reply to one packet (None: send nothing). Never raises: a fault becomes SERVFAIL.
+
+        `only`: the network whose `::3` received the query (on a gateway); a source of any other network is
+        refused, so a laptop that reaches another org's `::3` despite the firewall still learns nothing.
 
         First a lookup by the packet's bytes after the ID: the same bytes from the same network always
         get the same reply (whatever its case, flags or EDNS options), so a repeat skips even parsing."""
         if data.__class__ is not bytes:
             data = bytes(data)  # a bytearray (dnslib's pack) is not hashable
         scope = self.sources.get(source)
-        if scope is not None:
+        if scope is not None and (only is None or scope[0] == only):
             tail = self.packets.get((scope, tcp, data[2:]))
             if tail is not None:
                 return data[:2] + tail
         try:
-            return self._handle(data, source, tcp)
+            return self._handle(data, source, tcp, only)
         except wire.Drop:
             return None
         except wire.Reject as exc:
@@ -155,13 +160,13 @@ class Engine:
             log.exception("fault answering a query from %s", source)
             return wire.reply(data, wire.SERVFAIL) if len(data) >= 12 else None
 
-    def _handle(self, data: bytes, source: str | bytes, tcp: bool) -> bytes | Forward | None:
+    def _handle(self, data: bytes, source: str | bytes, tcp: bool, only: int | None) -> bytes | Forward | None:
         query = wire.parse(data)
         edns = query.edns
         if edns is not None and edns.version != 0:
             raise wire.Reject(wire.BADVERS, query.end, edns)
         scope = self.scope_of(source)
-        if scope is None:
+        if scope is None or (only is not None and scope[0] != only):
             # Not a member of any network: nothing of ours, and never an open resolver (spec).
             raise wire.Reject(wire.REFUSED, query.end, edns)
         shape = 0 if edns is None else (2 if edns.do else 1)

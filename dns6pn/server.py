@@ -283,9 +283,20 @@ class DnsServer:
                 log.info("stop listening on [%s]:%d", *address)
                 await self.listeners.pop(address).close()
             for address in sorted(want - set(self.listeners)):
-                listener = await open_listener(address, self.engine.handle, self.relay, self.config.max_udp)
+                listener = await open_listener(address, self._handler_for(address), self.relay, self.config.max_udp)
                 self.listeners[address] = listener
                 log.info("listening on [%s]:%d (udp, tcp)", *self.listeners[address].bound)
+
+    def _handler_for(self, address: Address) -> Handler:
+        """At a network's `::3` only that network's members are answered; elsewhere the source decides."""
+        try:
+            only = addressing.parse(address[0]).network_id or None
+        except CatalogError:
+            only = None
+        if only is None:
+            return self.engine.handle
+        handle = self.engine.handle
+        return lambda data, source, tcp: handle(data, source, tcp, only)
 
     async def _follow_catalog(self) -> None:
         while True:

@@ -182,3 +182,24 @@ def test_caches_stay_bounded(world: World) -> None:
     for i in range(500):
         engine.handle(wire(f"n{i}.internal"), world.acme_source)
     assert len(engine.cache) <= 50 and len(engine.packets) <= 50
+
+
+def test_a_networks_dns_address_answers_only_that_network(world: World, engine: Engine) -> None:
+    acme, globex = world.catalog.network("acme").net_id, world.catalog.network("globex").net_id
+    for _ in range(2):  # the second time through the per-packet cache
+        assert parse(engine.handle(wire(), world.alice.address, only=acme)).answer
+        refused = parse(engine.handle(wire(), world.alice.address, only=globex))
+        assert refused.rcode() == dns.rcode.REFUSED and not refused.answer
+
+
+def test_gateway_listeners_are_restricted_to_their_network(world: World) -> None:
+    from dns6pn import DnsServer, ServerConfig
+
+    server = DnsServer(world.catalog, ServerConfig(host="gw-gru", port=0))
+    acme = world.catalog.network("acme")
+    globex_addr = world.globex.address
+    handle = server._handler_for((str(acme.dns_address), 53))
+    assert parse(handle(wire(), world.alice.address, False)).answer
+    assert parse(handle(wire("api.internal"), globex_addr, False)).rcode() == dns.rcode.REFUSED
+    anywhere = server._handler_for(("fdaa::3", 53))
+    assert parse(anywhere(wire("api.internal"), globex_addr, False)).answer
