@@ -148,7 +148,11 @@ class LitefsProxy:
         return self.port
 
     def _on_event(self, event: Event | None) -> None:
-        if self.watcher is not None and (event is None or event.db in ("", self.cfg.db)):
+        if self.watcher is None:
+            return
+        if event is None and self.events is not None:  # (re)connected or lost: changes may have been missed
+            self.watcher.set_events_live(self.events.connected)
+        if event is None or event.db in ("", self.cfg.db):
             self.watcher.poke()
 
     def _protocol(self) -> ServerConnection:

@@ -2,9 +2,10 @@
 a primary. Waiting costs nothing: each waiter is a future in a heap; inotify on the mount directory wakes the
 watcher, which re-reads `<db>-pos` once and resolves every future whose TXID has been reached.
 
-A backstop poll (`poll_interval`, only while someone waits; one file read per tick however many wait) covers
-mounts that send no inotify events, which is what a FUSE mount like LiteFS's does for changes it makes itself.
-With inotify unavailable the poll is the only mechanism; with `poll_interval = 0` there is none.
+A FUSE mount (LiteFS's) sends no inotify events for changes its server makes itself: there, and where inotify
+is unavailable, LiteFS's `/events` stream (the server calls `poke()`, `set_events_live()`) or else a poll
+(`poll_interval`, only while someone waits; one file read per tick however many wait) wakes the waiters. On a
+local file system with inotify nothing polls: waiting costs no CPU. `poll_interval = 0` never polls.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import heapq
 import itertools
 import logging
 import os
+import re
 from pathlib import Path
 
 from litefs_proxy.errors import MountError
@@ -36,6 +38,8 @@ class MountWatcher:
         self._role_waiters: list[asyncio.Future[None]] = []
         self._seq = itertools.count()
         self._poller: asyncio.Task[None] | None = None
+        self.fuse = False  # inotify watches, but a FUSE server's own changes never show up in it
+        self.events_live = False
         self.wakeups = 0  # how often the watcher re-read the position (for tests and the bench)
 
     @property
@@ -53,6 +57,20 @@ class MountWatcher:
                         self.mount, exc, self.poll_interval)
             return
         self._loop.add_reader(self._fd, self._on_readable)
+        self.fuse = filesystem_type(self.mount).startswith("fuse")
+        if self.fuse:
+            log.info("%s is a FUSE mount: inotify cannot see LiteFS's changes; waking waiters by /events "
+                     "(litefs-url) or by polling every %.3fs", self.mount, self.poll_interval)
+
+    @property
+    def notify_reliable(self) -> bool:
+        """Every change to the mount files reaches us without polling."""
+        return (self._fd is not None and not self.fuse) or self.events_live
+
+    def set_events_live(self, live: bool) -> None:
+        self.events_live = live
+        if not live and self.waiting:
+            self._ensure_poller()
 
     def close(self) -> None:
         if self._fd is not None and self._loop is not None:
@@ -169,14 +187,39 @@ class MountWatcher:
         heapq.heapify(self._pos_waiters)
 
     def _ensure_poller(self) -> None:
-        interval = self.poll_interval
-        if interval <= 0 and self._fd is not None:
+        if self.poll_interval <= 0 or self.notify_reliable:
             return
         if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll(max(interval, 0.05)))
+            self._poller = asyncio.get_running_loop().create_task(self._poll(max(self.poll_interval, 0.01)))
 
     async def _poll(self, interval: float) -> None:
-        while self._pos_waiters or self._role_waiters:
+        while (self._pos_waiters or self._role_waiters) and not self.notify_reliable:
             await asyncio.sleep(interval)
             self._release_pos()
             self._release_roles()
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal (proc(5)).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
+    """The type of the file system holding `path`, from /proc/self/mountinfo ("" when unknown)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        point = _unescape(fields[4])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, right.split()[0]
+    return kind

@@ -120,3 +120,56 @@ def test_wait_role_until_primary_known(tmp_path: Path) -> None:
             watcher.close()
 
     asyncio.run(main())
+
+
+def test_no_polling_while_inotify_sees_the_mount(tmp_path: Path) -> None:
+    async def main() -> None:
+        set_pos(tmp_path, 1)
+        watcher = MountWatcher(tmp_path, "db", poll_interval=0.01)
+        watcher.start()
+        try:
+            assert watcher.notify_reliable
+            task = asyncio.create_task(watcher.wait_pos(2, 10.0))
+            await asyncio.sleep(0.1)
+            assert watcher._poller is None and watcher.wakeups == 0  # ten polls would have happened
+            set_pos(tmp_path, 2)
+            assert await task is True
+        finally:
+            watcher.close()
+
+    asyncio.run(main())
+
+
+def test_fuse_mounts_are_polled_unless_events_are_live(tmp_path: Path) -> None:
+    async def main() -> None:
+        set_pos(tmp_path, 1)
+        watcher = MountWatcher(tmp_path, "db", poll_interval=0.02)
+        watcher.start()
+        watcher.fuse = True  # as if LiteFS's FUSE mount: inotify would stay silent
+        try:
+            watcher.set_events_live(True)
+            assert watcher.notify_reliable
+            task = asyncio.create_task(watcher.wait_pos(2, 10.0))
+            await asyncio.sleep(0.05)
+            assert watcher._poller is None
+            watcher.set_events_live(False)  # the stream dropped: polling takes over
+            assert watcher._poller is not None
+            set_pos(tmp_path, 2)
+            assert await task is True
+        finally:
+            watcher.close()
+
+    asyncio.run(main())
+
+
+def test_filesystem_type_from_mountinfo(tmp_path: Path) -> None:
+    from litefs_proxy.watcher import filesystem_type
+
+    info = ("22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+            "40 22 0:35 / /litefs rw,nosuid - fuse.litefs litefs rw,user_id=0\n"
+            "41 22 0:36 / /my\\040data rw - tmpfs tmpfs rw\n")
+    assert filesystem_type(Path("/litefs"), info) == "fuse.litefs"
+    assert filesystem_type(Path("/litefs/db-pos"), info) == "fuse.litefs"
+    assert filesystem_type(Path("/litefs2"), info) == "ext4"
+    assert filesystem_type(Path("/my data/x"), info) == "tmpfs"
+    assert filesystem_type(tmp_path) != ""  # the real /proc/self/mountinfo
