@@ -126,3 +126,32 @@ def test_forward_mode_moves_a_5mib_write_without_the_edge_replaying(
     big = workdir / "big.bin"
     big.write_bytes(bytes(range(256)) * (5 * 4096))  # 5 MiB: above the edge's 1 MiB replay limit
     read_your_write(lab, "notesfwd", workdir, gru, big, big.read_bytes())
+
+
+REGION_CONFIG = """\
+proxy:
+  addr: ":8080"
+  target: "localhost:8081"
+  mode: primary-region
+  rw-window: 30s
+"""
+
+
+def test_primary_region_mode_replays_writes_and_then_the_writers_reads(
+        lab: Lab, workdir: Path, lab_app: Callable[..., list[Machine]]) -> None:
+    """No LiteFS: the lab's sample app behind the proxy in primary-region mode (PRIMARY_REGION=gru)."""
+    (workdir / "region.yml").write_text(REGION_CONFIG)
+    serve = (f"{sys.executable} -m sixpn.cli litefs-proxy serve --config {workdir}/region.yml "
+             f"--exec '{sys.executable} -m netns_lab.sampleapp --port 8081'")
+    config = {"primary_region": "gru", "env": {"PRIMARY_REGION": "gru"}, "processes": {"app": serve},
+              "http_service": {"internal_port": 8080}}
+    lab_app("regional", count=2, regions=["gru", "sjc"], config=config)
+    jar = workdir / "regional.cookies"
+    status, _, body = curl(lab, "regional", workdir, f"http://{ANYCAST4}/")
+    assert status == 200 and json.loads(body)["region"] == "sjc"  # reads stay local
+    status, headers, body = curl(lab, "regional", workdir, "-c", str(jar), "--data-binary", "w",
+                                 f"http://{ANYCAST4}/echo")
+    assert (status, body) == (200, b"w")  # replayed to gru by the edge, answered there
+    assert headers.get("set-cookie", "").startswith("__sixpn_primary="), headers
+    status, _, body = curl(lab, "regional", workdir, "-b", str(jar), f"http://{ANYCAST4}/")
+    assert status == 200 and json.loads(body)["region"] == "gru"  # the writer's reads follow it to gru
