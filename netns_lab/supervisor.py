@@ -29,6 +29,7 @@ from netns_lab.system import MARKER_ENV
 TICK = 0.05
 GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 MAX_BACKOFF = 5.0
+HEALTH_EVERY = 4  # ticks between anycast health checks (200 ms)
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,19 @@ class Supervisor:
         self.services: dict[str, Service] = {}
         self.stopping = False
         self.dirty = True
+        self._specs: dict[str, Spec] = {}
+        self._specs_mtime: int | None = None
 
     def read_specs(self) -> dict[str, Spec]:
+        """The desired services; re-read only when the directory changed (every write is a rename into it,
+        which bumps its mtime), so an idle lab costs one stat(2) per tick."""
+        try:
+            mtime = self.spec_dir.stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        if mtime is not None and mtime == self._specs_mtime:
+            return self._specs
+        self._specs_mtime = mtime
         specs = {}
         for path in self.spec_dir.glob("*.json"):
             try:
@@ -100,6 +112,7 @@ class Supervisor:
                     log(f"bad spec {path.name}: {exc}")
                 continue
             specs[spec.name] = spec
+        self._specs = specs
         return specs
 
     def start(self, svc: Service) -> None:
@@ -234,9 +247,11 @@ class Supervisor:
         signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
         log(f"supervisor of lab {self.lab_id} started, pid {os.getpid()}")
         try:
+            ticks = 0
             while True:
                 self.reconcile()
-                if health is not None:
+                ticks += 1
+                if health is not None and ticks % HEALTH_EVERY == 0:
                     try:
                         if health(time.monotonic()):
                             log(f"anycast withdrawn from: {', '.join(sorted(self.withdrawn())) or 'none'}")
