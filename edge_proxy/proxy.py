@@ -80,6 +80,7 @@ class EdgeProxy:
         self.timeouts = Timeouts(connect=config.connect_timeout, first_byte=config.first_byte_timeout)
         self.access_log = access_log if access_log is not None else (sys.stderr if config.access_log == "-" else None)
         self.via = f"1.1 {config.name}".encode()
+        self.region_bytes = region.encode()
         self.server_name = config.name.encode()
         self.draining = False
         self.connections: set[ServerConnection] = set()
@@ -135,9 +136,10 @@ class EdgeProxy:
         stale_retry = False
         deadline = time.monotonic() + self.config.queue_timeout
         while True:
-            decision = self.chooser.choose(self.candidates(app), Steering(
+            current = steer if not tried else Steering(
                 steer.prefer_region, steer.force_region, steer.prefer_instance, steer.force_instance,
-                steer.exclude | tried))
+                steer.exclude | tried)
+            decision = self.chooser.choose(self.candidates(app), current)
             machine = await self._decide(app, decision, forced, deadline)
             if machine is None:
                 continue  # capacity freed: choose again
@@ -205,16 +207,20 @@ class EdgeProxy:
         def on_head(resp: h.ResponseHead) -> bool:
             if resp.header(b"fly-replay") is not None and resp.status != 101:
                 return False  # the body is discarded and the request replayed (spec "fly-replay")
-            resp.headers = [(k, v) for k, v in resp.headers if k not in (b"server", b"fly-request-id")]
-            via = resp.header(b"via")
-            resp.headers = [(k, v) for k, v in resp.headers if k != b"via"]
-            resp.headers += [
-                (b"server", self.server_name), (b"via", via + b", " + self.via if via else self.via),
-                (b"fly-request-id", headers_request_id(headers)),
-            ]
+            kept: h.Headers = []
+            via = b""
+            for k, v in resp.headers:
+                if k == b"via":
+                    via = via + b", " + v if via else v
+                elif k != b"server" and k != b"fly-request-id":
+                    kept.append((k, v))
+            kept += [(b"server", self.server_name), (b"via", via + b", " + self.via if via else self.via),
+                     (b"fly-request-id", request_id)]
+            resp.headers = kept
             return True
 
         key = self.resolve(machine)
+        request_id = headers_request_id(headers)
         try:
             result = await forward(ex, self.pool, key, headers, tee, on_head=on_head, timeouts=self.timeouts)
         except UpstreamError as exc:
@@ -279,25 +285,42 @@ class EdgeProxy:
         client_ip = ex.client_addr[0]
         if client_ip.startswith("::ffff:"):
             client_ip = client_ip[7:]
-        headers = [(k, v) for k, v in h.strip_hop_by_hop(ex.head.headers) if k not in OWNED]
-        xff = h.get_all(headers, b"x-forwarded-for")
-        via = h.get_all(headers, b"via")
-        headers = [(k, v) for k, v in headers if k not in (b"x-forwarded-for", b"via")]
         ip = client_ip.encode()
+        # One pass: drop hop-by-hop and edge-owned fields, collect the ones we append to.
+        drop = h.HOP_BY_HOP | OWNED
+        named = h.connection_tokens(ex.head.headers)
+        if named:
+            drop = drop | named
+        headers: h.Headers = []
+        xff: list[bytes] = []
+        via: list[bytes] = []
+        has_host = False
+        for k, v in ex.head.headers:
+            if k in drop:
+                continue
+            if k == b"x-forwarded-for":
+                xff.append(v)
+            elif k == b"via":
+                via.append(v)
+            else:
+                has_host = has_host or k == b"host"
+                headers.append((k, v))
         port = str(ex.local_port).encode()
         tls = ex.scheme == "https"
+        xff.append(ip)
+        via.append(self.via)
         headers += [
             (b"fly-client-ip", ip),
-            (b"x-forwarded-for", b", ".join([*xff, ip])),
+            (b"x-forwarded-for", b", ".join(xff)),
             (b"x-forwarded-proto", b"https" if tls else b"http"),
             (b"x-forwarded-port", port),
             (b"x-forwarded-ssl", b"on" if tls else b"off"),
             (b"fly-forwarded-port", port),
-            (b"fly-region", self.region.encode()),
-            (b"via", b", ".join([*via, self.via])),
+            (b"fly-region", self.region_bytes),
+            (b"via", b", ".join(via)),
             (b"fly-request-id", request_id.encode()),
         ]
-        if not h.get(headers, b"host") and ex.head.host:
+        if not has_host and ex.head.host:
             headers.append((b"host", ex.head.host))
         if src:
             headers.append((b"fly-replay-src", src.encode()))

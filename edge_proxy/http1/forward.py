@@ -215,9 +215,13 @@ async def forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers
     Raises UpstreamError: `connect=True` when no connection could be made, `sent` when request bytes may
     have reached the upstream. Once the response started, failures cut the client connection instead.
     """
-    started = time.monotonic()
-    conn, reused = await pool.acquire(key, timeouts.connect)
-    connect_time = time.monotonic() - started
+    pooled = pool.take_idle(key)  # the common case, without a coroutine round trip
+    if pooled is not None:
+        conn, reused, connect_time = pooled, True, 0.0
+    else:
+        started = time.monotonic()
+        conn, reused = await pool.acquire(key, timeouts.connect)
+        connect_time = time.monotonic() - started
     flow = _Flow(ex, conn, on_head)
     conn.begin(flow, ex.head.method)
     if tee.consumed:  # a retry or a replay: the body is all in the copy
