@@ -95,12 +95,15 @@ class Supervisor:
 
     def read_specs(self) -> dict[str, Spec]:
         """The desired services; re-read only when the directory changed (every write is a rename into it,
-        which bumps its mtime), so an idle lab costs one stat(2) per tick."""
+        which bumps its mtime), so an idle lab costs one stat(2) per tick. Timestamps come from the kernel's
+        coarse clock (a jiffy, 1-4 ms): two writes in one jiffy leave one mtime, so a directory changed in
+        the last 200 ms is always re-read."""
         try:
             mtime = self.spec_dir.stat().st_mtime_ns
         except OSError:
             mtime = None
-        if mtime is not None and mtime == self._specs_mtime:
+        settled = mtime is not None and time.time_ns() - mtime > 200_000_000
+        if settled and mtime == self._specs_mtime:
             return self._specs
         self._specs_mtime = mtime
         specs = {}
