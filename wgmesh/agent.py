@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -177,7 +178,11 @@ class Agent:
         follower = Follower(self.catalog)
         due = 0.0  # monotonic time of the next reconcile even without a change
         while True:
-            changes = follower.poll()
+            try:
+                changes = follower.poll()
+            except (CatalogError, sqlite3.Error) as exc:
+                log.error("reading the catalog failed (retrying): %s", exc)
+                changes = []
             if self.proc is not None and self.proc.poll() is not None:
                 due = 0.0  # wireguard-go died: restart it now, not at the next resync
             if changes or time.monotonic() >= due:
@@ -185,7 +190,7 @@ class Agent:
                     self._check_child()
                     self.reconcile(follower.state)
                     due = time.monotonic() + self.config.resync
-                except (MeshError, CatalogError) as exc:
+                except (MeshError, CatalogError, OSError, sqlite3.Error) as exc:
                     log.error("reconcile at v%d failed (retrying): %s", follower.state.version, exc)
                     due = time.monotonic() + RETRY
             if stop.wait(POLL):
