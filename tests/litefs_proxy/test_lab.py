@@ -110,22 +110,22 @@ def read_your_write(lab: Lab, app: str, root: Path, gru: Machine, body_file: Pat
 
 def test_replay_mode_post_from_sjc_reaches_gru_and_the_next_get_sees_it(
         lab: Lab, workdir: Path, lab_app: Callable[..., list[Machine]]) -> None:
-    gru, sjc = deploy(lab, lab_app, "notes", workdir, "replay")
-    wait_ready(lab, "notes", workdir, sjc)
+    gru, sjc = deploy(lab, lab_app, "lfs-notes", workdir, "replay")
+    wait_ready(lab, "lfs-notes", workdir, sjc)
     note = workdir / "note.txt"
     note.write_bytes(b"hello from sjc\n")
-    read_your_write(lab, "notes", workdir, gru, note, b"hello from sjc\n")
-    status, _, body = curl(lab, "notes", workdir, f"http://{ANYCAST4}/litefs/health")
+    read_your_write(lab, "lfs-notes", workdir, gru, note, b"hello from sjc\n")
+    status, _, body = curl(lab, "lfs-notes", workdir, f"http://{ANYCAST4}/litefs/health")
     assert (status, body) == (200, b"OK\n")
 
 
 def test_forward_mode_moves_a_5mib_write_without_the_edge_replaying(
         lab: Lab, workdir: Path, lab_app: Callable[..., list[Machine]]) -> None:
-    gru, sjc = deploy(lab, lab_app, "notesfwd", workdir, "forward")
-    wait_ready(lab, "notesfwd", workdir, sjc)
+    gru, sjc = deploy(lab, lab_app, "lfs-fwd", workdir, "forward")
+    wait_ready(lab, "lfs-fwd", workdir, sjc)
     big = workdir / "big.bin"
     big.write_bytes(bytes(range(256)) * (5 * 4096))  # 5 MiB: above the edge's 1 MiB replay limit
-    read_your_write(lab, "notesfwd", workdir, gru, big, big.read_bytes())
+    read_your_write(lab, "lfs-fwd", workdir, gru, big, big.read_bytes())
 
 
 REGION_CONFIG = """\
@@ -145,13 +145,13 @@ def test_primary_region_mode_replays_writes_and_then_the_writers_reads(
              f"--exec '{sys.executable} -m netns_lab.sampleapp --port 8081'")
     config = {"primary_region": "gru", "env": {"PRIMARY_REGION": "gru"}, "processes": {"app": serve},
               "http_service": {"internal_port": 8080}}
-    lab_app("regional", count=2, regions=["gru", "sjc"], config=config)
+    lab_app("lfs-region", count=2, regions=["gru", "sjc"], config=config)
     jar = workdir / "regional.cookies"
-    status, _, body = curl(lab, "regional", workdir, f"http://{ANYCAST4}/")
+    status, _, body = curl(lab, "lfs-region", workdir, f"http://{ANYCAST4}/")
     assert status == 200 and json.loads(body)["region"] == "sjc"  # reads stay local
-    status, headers, body = curl(lab, "regional", workdir, "-c", str(jar), "--data-binary", "w",
+    status, headers, body = curl(lab, "lfs-region", workdir, "-c", str(jar), "--data-binary", "w",
                                  f"http://{ANYCAST4}/echo")
     assert (status, body) == (200, b"w")  # replayed to gru by the edge, answered there
     assert headers.get("set-cookie", "").startswith("__sixpn_primary="), headers
-    status, _, body = curl(lab, "regional", workdir, "-b", str(jar), f"http://{ANYCAST4}/")
+    status, _, body = curl(lab, "lfs-region", workdir, "-b", str(jar), f"http://{ANYCAST4}/")
     assert status == 200 and json.loads(body)["region"] == "gru"  # the writer's reads follow it to gru
