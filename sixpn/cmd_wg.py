@@ -14,7 +14,7 @@ from catalog import Catalog, default_state_dir
 from sixpn.output import emit
 from sixpn.registry import Registry
 from wgmesh import MeshError
-from wgmesh.agent import AgentConfig, run_agent
+from wgmesh.agent import AgentConfig, read_applied, run_agent
 from wgmesh.desired import WG_PORT
 from wgmesh.peers import Created, create, list_peers, remove, reset
 
@@ -30,6 +30,9 @@ def register(cli: Registry) -> None:
     agent.add_argument("--resync", type=float, default=10.0, help="seconds between drift-healing reconciles")
     agent.add_argument("--wg-log", type=Path, help="file for wireguard-go's own output")
     agent.add_argument("--userspace", action="store_true", help="use wireguard-go even with the kernel module")
+
+    status = cli.verb("mesh", "status", "per host: the catalog version its mesh agent has applied", mesh_status)
+    status.add_argument("--json", action="store_true", help="print JSON")
 
     made = cli.verb("wg", "create", "register a laptop peer on a gateway and print its wg-quick config", wg_create)
     made.add_argument("org")
@@ -71,6 +74,18 @@ def mesh_agent(args: argparse.Namespace) -> None:
         key_file=args.key_file, listen_port=args.listen_port, resync=args.resync, wg_log=args.wg_log,
         userspace=args.userspace,
     ))
+
+
+def mesh_status(args: argparse.Namespace) -> None:
+    with _catalog(args) as cat:
+        state = cat.snapshot()
+    rows = []
+    for host in sorted(state.hosts.values(), key=lambda h: h.host_id):
+        applied = read_applied(cat.state_dir, host.name)
+        rows.append({"host": host.name, "role": host.role, "region": host.region,
+                     "mesh_address": str(host.mesh_address), "keyed": bool(host.public_key), "applied": applied,
+                     "behind": None if applied is None else max(state.version - applied, 0)})
+    emit(rows, ["host", "role", "region", "mesh_address", "keyed", "applied", "behind"], args.json)
 
 
 def _print_config(made: Created, file: Path | None, qr: bool) -> None:

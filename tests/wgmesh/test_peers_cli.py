@@ -145,3 +145,14 @@ def test_qr_code_is_printed(world: World, agents: None, capsys: pytest.CaptureFi
     assert sixpn(world, "wg", "create", "acme", "gru", "alice", "--qr") == 0
     out = capsys.readouterr().out
     assert "█" in out or "▀" in out
+
+
+def test_mesh_status_shows_applied_versions(world: World, agents: None, capsys: pytest.CaptureFixture[str]) -> None:
+    deadline = 200
+    while read_applied(world.cat.state_dir, "gw-gru") is None and deadline:
+        threading.Event().wait(0.01)
+        deadline -= 1
+    assert sixpn(world, "mesh", "status", "--json") == 0
+    rows = {r["host"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["gw-gru"]["applied"] is not None and rows["gw-gru"]["keyed"]
+    assert rows["worker-gru"]["applied"] is None and rows["worker-gru"]["behind"] is None
