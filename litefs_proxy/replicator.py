@@ -57,8 +57,7 @@ CHANGE_COUNTER_OFFSET = 24
 LONG_POLL = 1.0  # a replica hears from the primary at least this often: its .lag stays honest
 
 
-def change_counter(path: Path) -> int | None:
-    """The database file's change counter, or None when there is no (complete) database file."""
+def _header(path: Path) -> bytes | None:
     try:
         with open(path, "rb") as f:
             header = f.read(100)
@@ -66,7 +65,19 @@ def change_counter(path: Path) -> int | None:
         return None
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         return None
-    return int.from_bytes(header[CHANGE_COUNTER_OFFSET:CHANGE_COUNTER_OFFSET + 4], "big")
+    return header
+
+
+def change_counter(path: Path) -> int | None:
+    """The database file's change counter, or None when there is no (complete) database file."""
+    header = _header(path)
+    return None if header is None else int.from_bytes(header[CHANGE_COUNTER_OFFSET:CHANGE_COUNTER_OFFSET + 4], "big")
+
+
+def is_wal(path: Path) -> bool:
+    """WAL mode (header bytes 18-19 are 2): commits then leave the change counter alone until a checkpoint."""
+    header = _header(path)
+    return header is not None and header[18] == 2
 
 
 def checksum(data: bytes) -> int:
@@ -127,6 +138,7 @@ class PrimaryReplicator:
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
         self.hub = EventHub(lambda: primary_event("init", True, self.hostname))
+        self._warned = False
 
     @property
     def db_path(self) -> Path:
@@ -137,6 +149,10 @@ class PrimaryReplicator:
         txid = change_counter(self.db_path)
         if txid is None or (self.pos is not None and self.pos.txid == txid):
             return False
+        if not self._warned and is_wal(self.db_path):
+            self._warned = True
+            log.warning("%s is in WAL mode: the stand-in sees commits only at checkpoints; use journal_mode=DELETE",
+                        self.db_path)
         self.pos = Pos(txid, checksum(txid.to_bytes(8, "big") + self.hostname.encode()))
         write_atomic(self.mount / pos_name(self.db), format_pos(self.pos))
         self._changed.set()

@@ -127,3 +127,16 @@ def test_litefs_events_wake_waiting_readers_without_inotify_or_polling(tmp_path:
             await primary.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_wal_mode_is_detected(tmp_path: Path) -> None:
+    from litefs_proxy.replicator import is_wal
+
+    db = tmp_path / "db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    assert not is_wal(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    assert is_wal(db) and not is_wal(tmp_path / "absent")
