@@ -206,6 +206,11 @@ def test_passthrough_wins_over_health_and_writes(tmp_path: Path) -> None:
             resp = await request(p.port, "GET", "/img/a.png", [("Cookie", "__txid=00000000000000ff")])
             assert resp.status == 200  # no wait either
             assert [s.target for s in up.seen] == ["/litefs/health", "/img/a.png?v=1", "/img/a.png"]
+            as_primary(tmp_path, txid=8)
+            resp = await request(p.port, "POST", "/img/b.png", body=b"1")
+            assert resp.body == b"app:1" and resp.all(b"set-cookie") == []  # passthrough: no cookie on the primary
+            resp = await request(p.port, "POST", "/other", body=b"1")
+            assert resp.all(b"set-cookie")[0].startswith(b"__txid=0000000000000008;")
 
     run(main)
 
