@@ -138,7 +138,7 @@ class EventsClient:
                             event = parse_event(line)
                             if event is not None:
                                 self.on_event(event)
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:  # ValueError: line too long
                     log.debug("events stream %s: %s", self.url, exc)
                 self.connected = False
                 self.on_event(None)
