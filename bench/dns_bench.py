@@ -8,12 +8,17 @@ limiting. Throughput: the median of several dnsperf runs per server, interleaved
 noise should hit both alike). Latency: the p99 of one dnsperf -v run each (per-query latencies; the
 printing slows dnsperf, so this pass is a little lighter than the throughput runs).
 
-Ends with one line: `dns6pn_qps=... nsd_qps=... ratio=... dns6pn_p99_ms=... nsd_p99_ms=...`.
+Also reported: queries answered per CPU-second of each server (from /proc), which a busy machine distorts
+far less than qps.
+
+Ends with one line: `dns6pn_qps=... nsd_qps=... ratio=... dns6pn_p99_ms=... nsd_p99_ms=...
+dns6pn_q_per_cpu_s=... nsd_q_per_cpu_s=... cpu_ratio=... names=...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import socket
@@ -107,19 +112,49 @@ def dnsperf(port: int, datafile: Path, seconds: int, verbose: bool) -> tuple[flo
     return qps, latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else None
 
 
-def measure(ports: dict[str, int], datafile: Path, seconds: int, rounds: int) -> dict[str, tuple[float, float]]:
-    """Median qps over `rounds` interleaved runs (the machine is shared: alternate so that noise hits both
-    alike), and the p99 of one verbose run each."""
-    runs: dict[str, list[float]] = {name: [] for name in ports}
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants (NSD answers from a forked child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure(servers: dict[str, tuple[int, int]], datafile: Path, seconds: int,
+            rounds: int) -> dict[str, tuple[float, float, float]]:
+    """Per server (port, pid): median qps over `rounds` interleaved runs (the machine is shared: alternate so
+    that noise hits both alike), queries per CPU-second over those runs (what load does not distort), and
+    the p99 of one verbose run."""
+    runs: dict[str, list[float]] = {name: [] for name in servers}
+    cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
     for index in range(rounds):
-        order = list(ports) if index % 2 == 0 else list(reversed(ports))
+        order = list(servers) if index % 2 == 0 else list(reversed(servers))
         for name in order:
-            runs[name].append(dnsperf(ports[name], datafile, seconds, verbose=False)[0])
+            port, pid = servers[name]
+            before = cpu_seconds(pid)
+            runs[name].append(dnsperf(port, datafile, seconds, verbose=False)[0])
+            cpu[name] += cpu_seconds(pid) - before
     result = {}
-    for name, port in ports.items():
+    for name, (port, _pid) in servers.items():
         _, p99 = dnsperf(port, datafile, max(2, seconds // 2), verbose=True)
-        result[name] = statistics.median(runs[name]), p99 or float("nan")
-        print(f"{name}: qps per run {', '.join(f'{q:,.0f}' for q in runs[name])}")
+        per_cpu = sum(runs[name]) * seconds / cpu[name] if cpu[name] else float("nan")
+        result[name] = statistics.median(runs[name]), per_cpu, p99 or float("nan")
+        print(f"{name}: qps per run {', '.join(f'{q:,.0f}' for q in runs[name])}; "
+              f"{per_cpu:,.0f} queries per CPU-second")
     return result
 
 
@@ -157,8 +192,9 @@ def main() -> int:
             wait_answering(theirs)
             dnsperf(ours, datafile, 1, verbose=False)  # warm both: every answer encoded once
             dnsperf(theirs, datafile, 1, verbose=False)
-            result = measure({"dns6pn": ours, "nsd": theirs}, datafile, args.seconds, args.rounds)
-            (our_qps, our_p99), (nsd_qps, nsd_p99) = result["dns6pn"], result["nsd"]
+            result = measure({"dns6pn": (ours, procs[0].pid), "nsd": (theirs, procs[1].pid)}, datafile,
+                             args.seconds, args.rounds)
+            (our_qps, our_eff, our_p99), (nsd_qps, nsd_eff, nsd_p99) = result["dns6pn"], result["nsd"]
         finally:
             for proc in procs:
                 proc.terminate()
@@ -166,7 +202,8 @@ def main() -> int:
     print(f"dns6pn: {our_qps:,.0f} qps, p99 {our_p99:.3f} ms")
     print(f"nsd:    {nsd_qps:,.0f} qps, p99 {nsd_p99:.3f} ms")
     print(f"dns6pn_qps={our_qps:.0f} nsd_qps={nsd_qps:.0f} ratio={our_qps / nsd_qps:.2f} "
-          f"dns6pn_p99_ms={our_p99:.3f} nsd_p99_ms={nsd_p99:.3f} names={len(names)}")
+          f"dns6pn_p99_ms={our_p99:.3f} nsd_p99_ms={nsd_p99:.3f} dns6pn_q_per_cpu_s={our_eff:.0f} "
+          f"nsd_q_per_cpu_s={nsd_eff:.0f} cpu_ratio={our_eff / nsd_eff:.2f} names={len(names)}")
     return 0
 
 
