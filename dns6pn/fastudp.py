@@ -135,18 +135,20 @@ class BatchedUdp:
             namelen = rx_u32[base + 2]
             # sockaddr_in6: family 2, port 2, flowinfo 4, address 16; sockaddr_in: family, port, address 4
             offset = i * 128
-            packed = bytes(name_mem[offset + 8 : offset + 24] if namelen >= 24 else name_mem[offset + 4 : offset + 8])
+            # (.tobytes() on a slice is about twice as fast as bytes() of it)
+            where = name_mem[offset + 8 : offset + 24] if namelen >= 24 else name_mem[offset + 4 : offset + 8]
+            packed = where.tobytes()
             start = i * RX_SIZE
-            reply = handle(bytes(rx_mem[start : start + rx_u32[base + 14]]), packed)  # msg_len
+            reply = handle(rx_mem[start : start + rx_u32[base + 14]].tobytes(), packed)  # msg_len
             if reply is None:
                 continue
             if reply.__class__ is not bytes:
-                self._later(reply, bytes(name_mem[offset : offset + namelen]))
+                self._later(reply, name_mem[offset : offset + namelen].tobytes())
                 continue
             assert isinstance(reply, bytes)
             size = len(reply)
             if size > tx_size:
-                self._send_one(reply, bytes(name_mem[offset : offset + namelen]))
+                self._send_one(reply, name_mem[offset : offset + namelen].tobytes())
                 continue
             at = out * tx_size
             tx_mem[at : at + size] = reply
