@@ -29,7 +29,8 @@ HELP = {
 
 
 def _labels(labels: dict[str, str]) -> Labels:
-    return tuple(sorted(labels.items()))
+    # Call sites pass labels in a fixed order, so no sort on the hot path; render() sorts and merges.
+    return tuple(labels.items())
 
 
 class Metrics:
@@ -67,22 +68,27 @@ class Metrics:
     def merge(self, snap: dict[str, Any]) -> None:
         for name, rows in snap.get("counters", {}).items():
             for key, value in rows:
-                labels = tuple((k, v) for k, v in key)
+                labels = tuple(sorted((k, v) for k, v in key))
                 book = self.counters.setdefault(name, {})
                 book[labels] = book.get(labels, 0.0) + value
         for name, rows in snap.get("gauges", {}).items():
             for key, value in rows:
-                labels = tuple((k, v) for k, v in key)
+                labels = tuple(sorted((k, v) for k, v in key))
                 book = self.gauges.setdefault(name, {})
                 book[labels] = book.get(labels, 0.0) + value
         for name, rows in snap.get("hists", {}).items():
             for key, value in rows:
-                labels = tuple((k, v) for k, v in key)
+                labels = tuple(sorted((k, v) for k, v in key))
                 hist = self.hists.setdefault(name, {})
                 old = hist.get(labels)
                 hist[labels] = list(value) if old is None else [a + b for a, b in zip(old, value, strict=True)]
 
     def render(self) -> str:
+        normal = Metrics()
+        normal.merge(self.snapshot())
+        return normal._render()
+
+    def _render(self) -> str:
         out: list[str] = []
         for name in sorted({*self.counters, *self.gauges, *self.hists}):
             kind, text = HELP.get(name, ("untyped", name))

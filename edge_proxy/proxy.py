@@ -121,7 +121,7 @@ class EdgeProxy:
     async def _handle(self, ex: Exchange, request_id: str, info: dict[str, object]) -> None:
         if self.draining:
             raise HttpError(503, "PR10", "edge is draining")
-        app = self.table.app_for_host(h.host_name(ex.head.host))
+        app = self.table.app_for_host_header(ex.head.host)
         if app is None:
             raise HttpError(404, "PR02", f"no app for host {h.host_name(ex.head.host)!r}")
         info["app"] = app.name

@@ -14,14 +14,14 @@ estimates, and asks `choose` for one. Rules, in order:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 Outcome = Literal["ok", "no_machines", "at_capacity", "forced_unavailable"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per request per machine: slots, not frozen (frozen __init__ is slow)
 class Candidate:
     id: str
     region: str
@@ -57,7 +57,7 @@ class Steering:
     exclude: frozenset[str] = frozenset()  # tried already, or `elsewhere=true`
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     outcome: Outcome
     machine: Candidate | None = None
@@ -73,7 +73,8 @@ class Chooser:
     rng: random.Random = field(default_factory=random.Random)
 
     def choose(self, machines: Sequence[Candidate], steer: Steering = Steering()) -> Decision:
-        pool = [m for m in machines if m.id not in steer.exclude and m.started]
+        exclude = steer.exclude
+        pool = [m for m in machines if m.started and (not exclude or m.id not in exclude)]
         if steer.force_instance:
             return self._instance(pool, steer.force_instance, forced=True)
         if steer.prefer_instance:
@@ -107,22 +108,38 @@ class Chooser:
 
     def _choose(self, pool: Sequence[Candidate], region: str | None = None) -> Decision:
         local_region = region or self.local_region
-        healthy = [m for m in pool if m.healthy]
-        if not healthy:
-            return Decision("no_machines", detail="no healthy machines")
-        usable = [m for m in healthy if not m.at_hard_limit]
-        if not usable:
+        # One pass into four tiers (rule 3 before rule 2: local above-soft beats remote below-soft).
+        local_free: list[Candidate] = []
+        local_busy: list[Candidate] = []
+        remote_free: list[Candidate] = []
+        remote_busy: list[Candidate] = []
+        any_healthy = False
+        for m in pool:
+            if not m.healthy:
+                continue
+            any_healthy = True
+            if m.hard_limit is not None and m.load >= m.hard_limit:
+                continue
+            if m.region == local_region:
+                (local_free if m.load < m.soft_limit else local_busy).append(m)
+            else:
+                (remote_free if m.load < m.soft_limit else remote_busy).append(m)
+        if local_free:
+            return Decision("ok", self._nearest(local_free))
+        if not local_busy and remote_free:
+            return Decision("ok", self._nearest(remote_free))
+        tier = local_busy or remote_busy
+        if not tier:
+            if not any_healthy:
+                return Decision("no_machines", detail="no healthy machines")
             return Decision("at_capacity", detail="every machine is at its hard limit")
-        local = [m for m in usable if m.region == local_region]
-        tier = local or usable  # rule 3: leave the region only when no local machine is usable
-        below_soft = [m for m in tier if m.below_soft_limit]
-        if below_soft:
-            return Decision("ok", self._nearest(below_soft))
         # All above soft limit: the least loaded relative to its soft limit, then the nearest.
         least = min(m.load / m.soft_limit for m in tier)
         return Decision("ok", self._nearest([m for m in tier if m.load / m.soft_limit <= least]))
 
     def _nearest(self, machines: Sequence[Candidate]) -> Candidate:
+        if len(machines) == 1:
+            return machines[0]
         best = min(m.rtt_ms for m in machines)
         window = max(self.tie_ms, best * self.tie_fraction)
         tied = [m for m in machines if m.rtt_ms <= best + window]
@@ -214,7 +231,7 @@ _STEER_HEADERS = frozenset({b"fly-prefer-region", b"fly-force-region", b"fly-pre
                             b"fly-force-instance-id"})
 
 
-def app_for_host(host: str, domain: str, hostnames: dict[str, str], apps: Iterable[str]) -> str | None:
+def app_for_host(host: str, domain: str, hostnames: dict[str, str], apps: Collection[str]) -> str | None:
     """The app a Host header names: a configured hostname, or `<app>.<domain>`."""
     host = host.lower().rstrip(".")
     if host in hostnames:
@@ -222,6 +239,6 @@ def app_for_host(host: str, domain: str, hostnames: dict[str, str], apps: Iterab
     suffix = "." + domain.lower().strip(".")
     if host.endswith(suffix):
         name = host[: -len(suffix)]
-        if "." not in name and name in set(apps):
+        if "." not in name and name in apps:
             return name
     return None

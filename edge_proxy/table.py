@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from catalog import State
 from catalog.appconfig import Concurrency, Service
+from edge_proxy.http1.head import host_name
 from edge_proxy.routing import app_for_host
 
 Resolver = Callable[["MachineRoute"], tuple[str, int]]
@@ -52,6 +53,7 @@ class RoutingTable:
         self.apps: dict[str, AppRoute] = {}
         self.hostnames: dict[str, str] = {}
         self.host_regions = {h.name: h.region for h in state.hosts.values()}
+        self._by_header: dict[bytes, AppRoute | None] = {}
         for app in state.apps.values():
             try:
                 config = app.config
@@ -71,6 +73,18 @@ class RoutingTable:
     def app_for_host(self, host: str) -> AppRoute | None:
         name = app_for_host(host, self.domain, self.hostnames, self.apps)
         return None if name is None else self.apps[name]
+
+    def app_for_host_header(self, host: bytes) -> AppRoute | None:
+        """`app_for_host` on the raw Host header, memoized per table (bounded)."""
+        try:
+            return self._by_header[host]
+        except KeyError:
+            pass
+        route = self.app_for_host(host_name(host))
+        if len(self._by_header) > 4096:
+            self._by_header.clear()
+        self._by_header[host] = route
+        return route
 
     def machine(self, machine_id: str) -> MachineRoute | None:
         for app in self.apps.values():

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -233,7 +235,7 @@ class ServerConnection(asyncio.Protocol):
         self._paused: set[str] = set()
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # monotonic time of the pending head/idle timeout; 0 = none
         self._task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -256,6 +258,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._disarm()
+        _sweeper(self._loop).discard(self)
         gone = BodyError("client closed the connection")
         for ex in (self._current, self._parsing, *self._pending):
             if ex is not None:
@@ -490,16 +493,16 @@ class ServerConnection(asyncio.Protocol):
         self.set_paused("body", paused)
 
     def _arm(self, delay: float) -> None:
-        self._disarm()
-        self._timer = self._loop.call_later(delay, self._timeout)
+        # A deadline checked by the loop's sweeper instead of a timer per request: two float stores on the
+        # hot path instead of a call_later + cancel (timeouts fire within SWEEP seconds of their due time).
+        self._deadline = time.monotonic() + delay
+        _sweeper(self._loop).add(self)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
 
     def _timeout(self) -> None:
-        self._timer = None
+        self._deadline = 0.0
         if self._current is not None or self.closed:
             return
         if self._in_head:
@@ -526,3 +529,44 @@ class ServerConnection(asyncio.Protocol):
         self.draining = True
         if self.idle:
             self.close()
+
+
+SWEEP = 0.1
+
+
+class _Sweeper:
+    """Fires the head/idle timeouts of every connection on one loop, SWEEP seconds apart."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.conns: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, conn: ServerConnection) -> None:
+        self.conns.add(conn)
+        if self.handle is None:
+            self.handle = self.loop.call_later(SWEEP, self.sweep)
+
+    def discard(self, conn: ServerConnection) -> None:
+        self.conns.discard(conn)
+
+    def sweep(self) -> None:
+        self.handle = None
+        now = time.monotonic()
+        for conn in list(self.conns):
+            if conn.closed:
+                self.conns.discard(conn)
+            elif conn._deadline and conn._deadline <= now:
+                conn._timeout()
+        if self.conns and not self.loop.is_closed():
+            self.handle = self.loop.call_later(SWEEP, self.sweep)
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = weakref.WeakKeyDictionary()
+
+
+def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
+    sweeper = _SWEEPERS.get(loop)
+    if sweeper is None:
+        sweeper = _SWEEPERS[loop] = _Sweeper(loop)
+    return sweeper
