@@ -105,6 +105,8 @@ def test_names_from_an_acme_machine(lab: Lab, apps: tuple[list[Machine], Machine
     assert "dnsl-web" in short(lab, node, "_apps.internal", "TXT")[0].split(",")
     assert "dnsl-gx" not in short(lab, node, "_apps.internal", "TXT")[0].split(",")
     assert short(lab, node, f"{gru.id}.vm.dnsl-web.internal") == [gru.address]
+    assert short(lab, node, "top1.nearest.of.dnsl-web.internal") == [sjc.address]  # its own region first
+    assert short(lab, gru.id, "top1.nearest.of.dnsl-web.internal") == [gru.address]
     assert status(lab, node, "dnsl-web.internal", "A") == "NOERROR"  # NODATA: IPv6 only
     assert status(lab, node, "nosuch.internal") == "NXDOMAIN"
 
@@ -118,7 +120,7 @@ def test_acme_names_are_nxdomain_from_a_globex_machine(lab: Lab, apps: tuple[lis
 
 
 @pytest.fixture
-def laptop(lab: Lab, tmp_path: Path) -> Iterator[str]:
+def laptop(lab: Lab, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """alice's laptop on acme's network through the gru gateway, brought up with the stock wg-quick."""
     ns = lab.netns_of("laptop-alice")
     etc = Path("/etc/netns") / ns
@@ -133,7 +135,7 @@ def laptop(lab: Lab, tmp_path: Path) -> Iterator[str]:
     try:
         up = lab.exec("laptop-alice", ["wg-quick", "up", str(conf)])
         assert up.returncode == 0, up.stderr
-        yield re.search(r"DNS = (\S+)", conf.read_text()).group(1)  # type: ignore[union-attr]
+        yield name, re.search(r"DNS = (\S+)", conf.read_text()).group(1)  # type: ignore[union-attr]
     finally:
         lab.exec("laptop-alice", ["wg-quick", "down", str(conf)])
         sixpn(lab, "wg", "remove", "acme", name, check=False)
@@ -142,12 +144,14 @@ def laptop(lab: Lab, tmp_path: Path) -> Iterator[str]:
 
 
 def test_laptop_through_wireguard_sees_what_an_acme_machine_sees(
-    lab: Lab, apps: tuple[list[Machine], Machine], laptop: str
+    lab: Lab, apps: tuple[list[Machine], Machine], laptop: tuple[str, str]
 ) -> None:
     (gru, sjc), _ = apps
-    server = f"@{laptop}"  # the network's ::3, on the gateway
+    peer, dns_address = laptop
+    server = f"@{dns_address}"  # the network's ::3, on the gateway
     with lab.catalog() as cat:
-        assert laptop == str(cat.network("acme").dns_address)
+        assert dns_address == str(cat.network("acme").dns_address)
+        own = cat.peer(peer).address
     # The gateway's DNS server starts listening when the peer appears; give it (and the handshake) time.
     until(lambda: dig(lab, "laptop-alice", server, "dnsl-web.internal", "AAAA", "+short").stdout.split() != [])
     assert short(lab, "laptop-alice", "dnsl-web.internal", "AAAA", server) == sorted([gru.address, sjc.address])
@@ -155,6 +159,7 @@ def test_laptop_through_wireguard_sees_what_an_acme_machine_sees(
     assert vms(lab, "laptop-alice", server) == {f"{gru.id} gru", f"{sjc.id} sjc"}
     assert short(lab, "laptop-alice", f"{sjc.id}.vm.dnsl-web.internal", "AAAA", server) == [sjc.address]
     assert status(lab, "laptop-alice", "dnsl-gx.internal", "AAAA", server) == "NXDOMAIN"
+    assert short(lab, "laptop-alice", f"{peer}._peer.internal", "AAAA", server) == [own]
     # And with no server given: wg-quick's DNS= line went into the laptop's resolv.conf.
     assert short(lab, "laptop-alice", "dnsl-web.internal") == sorted([gru.address, sjc.address])
 
