@@ -233,3 +233,15 @@ def test_wireguard_go_death_is_healed(world: World) -> None:
         time.sleep(0.1)
     assert ping(world, world.a1, world.b1.address)
     assert mesh.agents["wb"].poll() is None
+
+
+def test_resync_without_changes_applies_nothing(world: World) -> None:
+    mesh = world.mesh
+    mesh.wait_all()
+    logs = {h: (mesh.logs / f"{h}.mesh.log").read_text() for h in mesh.agents}
+    dumps = {h: mesh.wg_dump(h) for h in mesh.agents}
+    time.sleep(2.5)  # longer than the agents' --resync 2: every agent has reconciled at least once more
+    for host in mesh.agents:
+        new = (mesh.logs / f"{host}.mesh.log").read_text()[len(logs[host]):]
+        assert not re.search(r": v\d+: ", new), new
+        assert sorted(row[:4] for row in mesh.wg_dump(host)) == sorted(row[:4] for row in dumps[host])
