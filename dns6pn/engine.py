@@ -55,6 +55,19 @@ class _Entry:
         return self.small
 
 
+class _Replies:
+    """Finished replies (minus their ID) by query bytes after the ID, for one scope; sources of the same
+    network and region share one, so the hot path is two dict lookups and no tuple to build or hash."""
+
+    __slots__ = ("net_id", "scope", "tcp", "udp")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.net_id = scope[0]
+        self.udp: dict[bytes, bytes] = {}
+        self.tcp: dict[bytes, bytes] = {}
+
+
 class Engine:
     def __init__(
         self,
@@ -79,8 +92,9 @@ class Engine:
         self.cache_entries = cache_entries
         self.fallback_region = fallback_region
         self.cache: dict[tuple[object, ...], _Entry] = {}
-        self.packets: dict[tuple[Scope, bool, bytes], bytes] = {}
-        self.sources: dict[str | bytes, Scope | None] = {}
+        self.replies: dict[Scope, _Replies] = {}
+        self.packet_count = 0
+        self.sources: dict[str | bytes, _Replies | None] = {}
         self.zones: dict[int, NetworkZone] = {}
         self.state = state
         self.networks: dict[int, Network] = {}
@@ -95,20 +109,26 @@ class Engine:
         self.networks = {n.net_id: n for n in state.networks.values()}
         self.host_regions = {h.host_id: h.region for h in state.hosts.values()}
         self.cache.clear()
-        self.packets.clear()
+        self.replies.clear()
+        self.packet_count = 0
         self.sources.clear()
         self.zones.clear()
 
     def scope_of(self, source: str | bytes) -> Scope | None:
         """The querying network (and host region) from the source address (text, or packed as in a
         sockaddr); None when it is not a member of any network."""
-        scope = self.sources.get(source, False)
-        if scope is False:
+        replies = self.sources.get(source, False)
+        if replies is False:
             scope = self._scope(self.source_override or source)
+            replies = None
+            if scope is not None:
+                replies = self.replies.get(scope)
+                if replies is None:
+                    replies = self.replies[scope] = _Replies(scope)
             if len(self.sources) >= SOURCE_ENTRIES:
                 self.sources.clear()
-            self.sources[source] = scope
-        return scope  # type: ignore[return-value]
+            self.sources[source] = replies
+        return None if replies is None else replies.scope  # type: ignore[union-attr]
 
     def _scope(self, source: str | bytes) -> Scope | None:
         try:
@@ -144,9 +164,9 @@ class Engine:
         get the same reply (whatever its case, flags or EDNS options), so a repeat skips even parsing."""
         if data.__class__ is not bytes:
             data = bytes(data)  # a bytearray (dnslib's pack) is not hashable
-        scope = self.sources.get(source)
-        if scope is not None and (only is None or scope[0] == only):
-            tail = self.packets.get((scope, tcp, data[2:]))
+        replies = self.sources.get(source)
+        if replies is not None and (only is None or replies.net_id == only):
+            tail = (replies.tcp if tcp else replies.udp).get(data[2:])
             if tail is not None:
                 return data[:2] + tail
         try:
@@ -190,10 +210,20 @@ class Engine:
         # ID and flags are the asker's; the question bytes are the asker's too, so its case is echoed.
         tail = _FLAGS.pack(flags) + out[4:12] + data[12 : query.end] + out[query.end :]
         if len(data) <= PACKET_KEY_MAX:
-            if len(self.packets) >= self.cache_entries:
-                self.packets.clear()
-            self.packets[(scope, tcp, data[2:])] = tail
+            self._remember(scope, tcp, data[2:], tail)
         return data[:2] + tail
+
+    def _remember(self, scope: Scope, tcp: bool, key: bytes, tail: bytes) -> None:
+        if self.packet_count >= self.cache_entries:
+            for each in self.replies.values():
+                each.udp.clear()
+                each.tcp.clear()
+            self.packet_count = 0
+        replies = self.replies.get(scope)
+        if replies is None:
+            replies = self.replies[scope] = _Replies(scope)
+        (replies.tcp if tcp else replies.udp)[key] = tail
+        self.packet_count += 1
 
     def _build(self, query: wire.Query, scope: Scope) -> _Entry:
         if query.qclass not in (wire.C_IN, wire.C_ANY):
