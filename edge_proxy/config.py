@@ -28,6 +28,7 @@ class ProxyConfig:
     connect_timeout: float = 3.0  # the mesh's worst RTT is ~0.3 s; a lost SYN is retried at 1 s
     first_byte_timeout: float = 60.0
     header_timeout: float = 10.0
+    body_timeout: float = 60.0  # silence allowed inside a request body
     idle_timeout: float = 60.0  # client keep-alive when the app sets none
     queue_timeout: float = 5.0  # how long a request waits while every machine is at hard_limit
     passive_down: float = 10.0  # how long a connect failure keeps a machine out

@@ -80,7 +80,7 @@ class EdgeService:
         self.checker = Checker(self.proxy.health, self.proxy.rtt, self.proxy.resolve, config.rtt_interval)
         self.checker.table = self.proxy.table
         self.limits = ServerLimits(max_head_bytes=config.max_head_bytes, header_timeout=config.header_timeout,
-                                   idle_timeout=config.idle_timeout)
+                                   idle_timeout=config.idle_timeout, body_timeout=config.body_timeout)
         self.servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self.metrics_dump = metrics_dump

@@ -102,6 +102,8 @@ class _Flow:
         self.discard = False
         self.request_sent = False
         self.chunked_out = False
+        self.first_byte = 0.0
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- ResponseSink -------------------------------------------------------------------------------
 
@@ -158,6 +160,21 @@ class _Flow:
         if not self.discard:
             self.ex.flush()
 
+    def arm(self, first_byte: float, body_pending: bool) -> None:
+        """The first-byte clock starts once the whole request went out (a long upload is not a slow machine)."""
+        self.first_byte = first_byte
+        if not body_pending:
+            self.body_sent()
+
+    def body_sent(self) -> None:
+        if self.timer is None and self.first_byte and not self.head_fut.done():
+            self.timer = asyncio.get_running_loop().call_later(self.first_byte, self.first_byte_timeout)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def first_byte_timeout(self) -> None:
         if not self.head_fut.done():
             self.head_fut.set_exception(HttpError(504, "PR05", "no response from upstream in time"))
@@ -189,6 +206,7 @@ class _Flow:
                 return
             if chunked:
                 conn.write(h.LAST_CHUNK)
+            self.body_sent()
 
         tee.consumed = True
         ex.send_continue()
@@ -235,7 +253,7 @@ async def forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers
         conn.write(request_head_bytes(ex, headers, length, flow.chunked_out))
         flow.send_body(tee)
     flow.request_sent = True
-    timer = asyncio.get_running_loop().call_later(timeouts.first_byte, flow.first_byte_timeout)
+    flow.arm(timeouts.first_byte, body_pending=not ex.body.done and not tee.consumed and ex.head.has_body)
     try:
         head = await flow.head_fut
     except HttpError:
@@ -247,7 +265,7 @@ async def forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers
         conn.abort()
         raise
     finally:
-        timer.cancel()
+        flow.cancel_timer()
     try:
         await flow.done_fut
     except UpstreamError:

@@ -41,6 +41,7 @@ class ServerLimits:
     header_timeout: float = 10.0  # from the first byte of a request to the end of its head
     idle_timeout: float = 60.0  # keep-alive wait for the next request
     body_high_water: int = 256 * 1024  # request body bytes held before reading pauses
+    body_timeout: float = 60.0  # longest silence inside a request body before the connection is cut
     write_high_water: int = 256 * 1024  # response bytes queued before the producer is paused
 
 
@@ -236,6 +237,8 @@ class ServerConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._deadline = 0.0  # monotonic time of the pending head/idle timeout; 0 = none
+        self._body_seen = 0.0  # when request body bytes last arrived (for body_timeout)
+        self._eof = False  # the client half-closed: answer what is in flight, then close
         self._task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -299,6 +302,13 @@ class ServerConnection(asyncio.Protocol):
         if self._in_head and self._head_bytes > self.limits.max_head_bytes:
             self._fail(HttpError(431, "PH02", "request head too large"))
 
+    def eof_received(self) -> bool | None:
+        # A client may half-close after its request (RFC 9112 §9.6): keep writing until it is answered.
+        self._eof = True
+        if (self._current is None and not self._pending) or self.scheme == "https":
+            return None
+        return True
+
     def pause_writing(self) -> None:
         self._write_paused = True
         if self.write_listener is not None:
@@ -349,6 +359,7 @@ class ServerConnection(asyncio.Protocol):
         )
         h.validate_request(head, self.limits.max_headers)
         self._head_bytes = 0
+        self._body_seen = time.monotonic() if head.has_body else 0.0
         ex = Exchange(self, head)
         self._parsing = ex
         if self._current is None:
@@ -360,6 +371,7 @@ class ServerConnection(asyncio.Protocol):
                 self.set_paused("pipeline", True)  # a request or two ahead is enough (RFC 9112 §9.3.2)
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen = time.monotonic()
         if self._parsing is not None:
             self._parsing.body.feed(body)
 
@@ -401,7 +413,7 @@ class ServerConnection(asyncio.Protocol):
         self._task = None
         if self.closed or self._tunnel is not None:
             return
-        if ex.close_after or not ex.body.done or self.draining:
+        if ex.close_after or not ex.body.done or self.draining or (self._eof and not self._pending):
             # A request body left unread cannot be skipped safely: close (RFC 9112 §9.6).
             self.close()
             return
@@ -501,6 +513,15 @@ class ServerConnection(asyncio.Protocol):
     def _disarm(self) -> None:
         self._deadline = 0.0
 
+    def _check_body(self, now: float) -> None:
+        """Cut a request whose body stopped arriving (slow-loris uploads) unless we are the ones not reading."""
+        ex = self._parsing
+        if ex is None or ex.body.done or self._paused or not self._body_seen:
+            return
+        if now - self._body_seen > self.limits.body_timeout:
+            ex.body.fail(BodyError("request body timed out"))
+            self.abort()
+
     def _timeout(self) -> None:
         self._deadline = 0.0
         if self._current is not None or self.closed:
@@ -558,6 +579,8 @@ class _Sweeper:
                 self.conns.discard(conn)
             elif conn._deadline and conn._deadline <= now:
                 conn._timeout()
+            else:
+                conn._check_body(now)
         if self.conns and not self.loop.is_closed():
             self.handle = self.loop.call_later(SWEEP, self.sweep)
 

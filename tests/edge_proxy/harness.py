@@ -72,6 +72,10 @@ class Backend:
                 await ex.drain()
             ex.end()
             return
+        if path == b"/slow":
+            await asyncio.sleep(3)
+            ex.respond(200, [], b"late\n")
+            return
         if path == b"/health":
             ex.respond(self.status, [], b"ok\n")
             return

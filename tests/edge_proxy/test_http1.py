@@ -273,3 +273,32 @@ async def test_graceful_drain(tmp_path: Path) -> None:
             await asyncio.open_connection("127.0.0.1", lab.port)
         idle_w.close()
         busy_w.close()
+
+
+@aio
+async def test_half_closed_client_still_gets_its_answer(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, ONE) as lab:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lab.port)
+        writer.write(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(), 5)
+        assert data.startswith(b"HTTP/1.1 200") and b'"gru1"' in data
+        writer.close()
+
+
+@aio
+async def test_first_byte_timeout_is_504(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, ONE, first_byte_timeout=0.3) as lab:
+        data = await raw(lab.port, b"GET /slow HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n", timeout=10)
+        assert data.startswith(b"HTTP/1.1 504") and b"PR05" in data
+
+
+@aio
+async def test_stalled_upload_is_cut_and_never_completes_upstream(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, ONE, body_timeout=0.3) as lab:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lab.port)
+        writer.write(b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 100\r\n\r\nonly-a-little")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the edge cut the connection
+        writer.close()
+        for ex in lab.backends["gru1"].seen:  # the machine saw at most an aborted body
+            assert ex.body.error is not None or not ex.body.done
