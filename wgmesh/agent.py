@@ -99,6 +99,7 @@ class Agent:
         self.catalog = catalog
         self.pair = keys.load_or_create(config.key_file)
         self.nft_script = ""
+        self.last_want: desired.Desired | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.net: Netlink | None = None
 
@@ -146,23 +147,32 @@ class Agent:
         if self.net is not None:
             self.net.close()
 
-    def reconcile(self, state: State) -> list[Op]:
-        """One pass: plan against what is there now and apply only that; returns the ops it applied."""
+    def reconcile(self, state: State, force: bool = True) -> list[Op]:
+        """One pass: plan against what is there now and apply only that; returns the ops it applied.
+
+        Unforced (a catalog change), a pass whose desired state and ruleset equal the last applied ones
+        skips reading the interface: most catalog writes (a machine's state, an app's metadata) change
+        nothing here. Forced passes (start, resync, retry) always compare with the real interface."""
         assert self.net is not None
         want = desired.compute(state, self.config.host, self.pair.public, self.config.listen_port)
+        script = nftrules.render(nftrules.rules_for(state, self.config.host))
+        if not force and want == self.last_want and script == self.nft_script:
+            write_applied(self.config.state_dir, self.config.host, state.version, len(want.peers))
+            return []
+        self.last_want = None
         ops = plan(want, wgctl.show_dump(self.config.ifname), self.net.observe())
+        for op in ops:
+            log.info("v%d: %s", state.version, describe(op))
         for group in in_order(ops):
             if isinstance(group, list):
                 wgctl.apply(self.config.ifname, group, self.config.key_file)
             else:
                 self.net.apply(group)
-        script = nftrules.render(nftrules.rules_for(state, self.config.host))
         if script != self.nft_script:
             apply_nft(script)
             self.nft_script = script
             log.info("nft table %s %s replaced", nftrules.FAMILY, nftrules.TABLE)
-        for op in ops:
-            log.info("v%d: %s", state.version, describe(op))
+        self.last_want = want
         write_applied(self.config.state_dir, self.config.host, state.version, len(want.peers))
         return ops
 
@@ -170,6 +180,7 @@ class Agent:
         if self.proc is not None and self.proc.poll() is not None:
             log.error("wireguard-go exited with %s; restarting the interface", self.proc.returncode)
             self.nft_script = ""
+            self.last_want = None
             self._start_interface()
 
     def run(self, stop: threading.Event) -> None:
@@ -185,11 +196,13 @@ class Agent:
                 changes = []
             if self.proc is not None and self.proc.poll() is not None:
                 due = 0.0  # wireguard-go died: restart it now, not at the next resync
-            if changes or time.monotonic() >= due:
+            forced = time.monotonic() >= due
+            if changes or forced:
                 try:
                     self._check_child()
-                    self.reconcile(follower.state)
-                    due = time.monotonic() + self.config.resync
+                    self.reconcile(follower.state, force=forced)
+                    if forced:
+                        due = time.monotonic() + self.config.resync
                 except (MeshError, CatalogError, OSError, sqlite3.Error) as exc:
                     log.error("reconcile at v%d failed (retrying): %s", follower.state.version, exc)
                     due = time.monotonic() + RETRY
