@@ -117,8 +117,10 @@ class Lab:
             _build(lab_id, text, run_dir, owner_pid)
             lab = cls(lab_id)
             lab._register()
-            groups = services.groups_found(probe) if probe else set()
+            groups, error = services.groups_found(probe) if probe else (set(), "")
             (run_dir / "groups.json").write_text(json.dumps(sorted(groups)))
+            if error:
+                (run_dir / "logs" / "lab.log").write_text(f"probing the sixpn CLI's groups failed:\n{error}\n")
             lab._start_services(groups)
             if wait_ready:
                 lab.not_ready = lab.wait_ready()

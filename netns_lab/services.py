@@ -31,12 +31,14 @@ print(" ".join(found))
 def probe_groups() -> subprocess.Popen[str]:
     """Start finding which CLI groups exist (one Python process for all; collect with `groups_found`)."""
     return subprocess.Popen([sys.executable, "-c", _PROBE, *GROUPS], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, text=True)
 
 
-def groups_found(proc: subprocess.Popen[str]) -> set[str]:
-    out, _ = proc.communicate(timeout=30)
-    return set(out.split()) if proc.returncode == 0 else set()
+def groups_found(proc: subprocess.Popen[str]) -> tuple[set[str], str]:
+    """The groups found, and the probe's error output when it failed (a command module that does not import:
+    the lab then runs no host services, and says why in logs/lab.log)."""
+    out, err = proc.communicate(timeout=60)
+    return (set(out.split()), "") if proc.returncode == 0 else (set(), err.strip())
 
 
 def sixpn_argv(state_dir: Path, *args: str) -> tuple[str, ...]:

@@ -92,3 +92,11 @@ def test_backbone_lines_route_each_region_through_its_delay_line() -> None:
     edge = p.node("edge-gru")
     assert f"addr add {plan.ANYCAST4}/32 dev lo" in plan.node_lines(p, edge)
     assert "addr add fdaa::3/128 dev lo" in plan.node_lines(p, p.node("worker-gru"))
+
+
+def test_a_topology_object_round_trips_through_its_toml() -> None:
+    from netns_lab.lab import topology_to_toml
+
+    topo = topology.loads("scale = 0.5\n[regions.iad]\nedges = 2\ngateway = true\n[regions.ams]\nclient = false\n"
+                          "[orgs.acme]\n[laptops.bob]\nregion = \"ams\"\n")
+    assert topology.loads(topology_to_toml(topo)) == topo
