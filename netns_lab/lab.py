@@ -333,6 +333,8 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         svc = self.service_status()
+        for path in (self.run_dir / "stopped").glob("*.*.json"):  # host services stopped with `lab stop`
+            svc.setdefault(path.name.removesuffix(".json"), {"running": False, "stopped": True})
         cuts = self.cut_set()
         withdrawn = self.withdrawn_set()
         nodes = []

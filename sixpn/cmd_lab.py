@@ -38,6 +38,7 @@ def register(cli: Registry) -> None:
     logs = _lab_opt(cli.verb("lab", "logs", "print the logs of the lab's services (of one node)", lab_logs))
     logs.add_argument("node", nargs="?", help="node name or machine id (default: all)")
     logs.add_argument("-n", "--lines", type=int, default=50, help="last N lines of each log (0: all)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended (tail -F)")
     for verb, what in (("cut", "take a node off the backbone"), ("heal", "put a cut node back on the backbone")):
         p = _lab_opt(cli.verb("lab", verb, what, lab_cut if verb == "cut" else lab_heal))
         p.add_argument("node")
@@ -87,8 +88,10 @@ def lab_status(args: argparse.Namespace) -> None:
     print(f"lab {status['lab']}  run dir {status['run_dir']}  supervisor pid {status['supervisor_pid'] or 'DEAD'}")
     rows = []
     for node in status["nodes"]:
-        svc = ",".join(f"{k}{'' if v.get('running') else '(dead)'}" for k, v in sorted(node["services"].items()))
+        svc = ",".join(_service_cell(k, v) for k, v in sorted(node["services"].items()))
         rows.append({**node, "services": svc or "-", "cut": "CUT" if node["cut"] else ""})
+    for row, node in zip(rows, status["nodes"], strict=True):
+        row["cut"] = "CUT" if node["cut"] else ("WITHDRAWN" if node.get("anycast_withdrawn") else "")
     emit(rows, ["name", "role", "region", "netns", "underlay4", "underlay6", "services", "cut"], False)
     anycast = status["anycast"]
     print(f"\nanycast {anycast['ipv4']} / {anycast['ipv6']}: " +
@@ -96,6 +99,13 @@ def lab_status(args: argparse.Namespace) -> None:
     if status["machines"]:
         print()
         emit(status["machines"], ["id", "app", "region", "host", "address", "state", "pid", "last_exit"], False)
+
+
+def _service_cell(name: str, state: dict[str, object]) -> str:
+    flags = [] if state.get("running") else ["stopped" if state.get("stopped") else "dead"]
+    if state.get("restarts"):
+        flags.append(f"{state['restarts']} restarts")
+    return f"{name}({', '.join(flags)})" if flags else name
 
 
 def lab_exec(args: argparse.Namespace) -> int:
@@ -114,6 +124,10 @@ def lab_logs(args: argparse.Namespace) -> None:
     logs = sorted(lab.logs_dir.glob(f"{args.node}.*.log" if args.node else "*.log"))
     if args.node and not logs:
         lab.netns_of(args.node)  # an unknown name is an error; a known one may simply have no logs yet
+    if args.follow and logs:
+        argv = ["tail", "-n", str(args.lines), "-F", *(str(p) for p in logs)]
+        sys.stdout.flush()
+        os.execvp(argv[0], argv)
     for path in logs:
         lines = path.read_text(errors="replace").splitlines()
         print(f"==> {path} <==")
