@@ -76,8 +76,8 @@ class BootRetryPool(UpstreamPool):
     """An upstream pool whose connects retry "connection refused" for `retry` seconds: the app may still be
     booting (LiteFS: dialContextWithRetry). Other connect failures fail at once."""
 
-    def __init__(self, retry: float, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    def __init__(self, retry: float, *, max_per_key: int, max_idle_per_key: int, idle_timeout: float) -> None:
+        super().__init__(max_per_key=max_per_key, max_idle_per_key=max_idle_per_key, idle_timeout=idle_timeout)
         self.retry = retry
 
     async def connect(self, key: Key, connect_timeout: float) -> UpstreamConnection:
@@ -328,7 +328,7 @@ class LitefsProxy:
                 return
             except UpstreamError as exc:
                 # A pooled connection the app had closed: safe to resend once if the body is all in hand.
-                if attempt == 0 and getattr(exc, "stale", False) and tee.replayable and not ex.started:
+                if attempt == 0 and exc.stale and tee.replayable and not ex.started:
                     continue
                 if ex.started:
                     ex.abort()
@@ -368,7 +368,7 @@ def _go_dial_error(key: Key, exc: UpstreamError) -> str:
     """The reason in Go's words where we can (`dial tcp 127.0.0.1:8081: connect: connection refused`)."""
     host, port = key
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if getattr(exc, "connect", False):
+    if exc.connect:
         if _refused(exc):
             return f"dial tcp {where}: connect: connection refused"
         text = str(exc)
