@@ -426,3 +426,17 @@ def test_read_timeout_closes_a_connection_whose_body_never_ends(tmp_path: Path) 
             assert (await request(p.port, "POST", "/w", body=b"0123456789")).status == 200
 
     run(main)
+
+
+def test_writes_follow_a_primary_change_and_a_bad_primary_file_is_no_primary(tmp_path: Path) -> None:
+    async def main() -> None:
+        as_replica(tmp_path, "m1")
+        async with upstream() as up, proxy(make_cfg(up.port, primary_redirect_timeout=0.1), tmp_path) as p:
+            assert (await request(p.port, "PUT", "/x")).header(b"fly-replay") == b"instance=m1"
+            (tmp_path / ".primary").write_text("m2\n")  # the lease moved
+            assert (await request(p.port, "PUT", "/x")).header(b"fly-replay") == b"instance=m2"
+            (tmp_path / ".primary").write_text("two words\n")  # not LiteFS's format: no usable primary
+            go_error(503, b"Proxy error: no primary available\n")(await request(p.port, "PUT", "/x"))
+            assert up.seen == []
+
+    run(main)
