@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,15 @@ def test_kill_leaves_the_catalog_and_start_brings_it_back(lab: Lab, lab_app) -> 
     assert curl_machine(lab, m)[0] != 0
     assert machines.start(m.id).state == "started"
     assert curl_machine(lab, m)[0] == 0
+
+
+def test_an_apps_own_command_runs_with_the_machine_environment(  # type: ignore[no-untyped-def]
+        lab: Lab, lab_app, tmp_path: Path) -> None:
+    who_file = tmp_path / "who"
+    command = (f'echo "$FLY_APP_NAME $FLY_REGION $FLY_MACHINE_ID $FLY_PRIVATE_IP" > {who_file}'
+               " && exec python3 -m http.server --bind :: $PORT")
+    config = {"processes": {"app": command}, "http_service": {"internal_port": 8080}}
+    (m,) = lab_app("custom", count=1, regions=["gig"], config=config)
+    code, body = curl_machine(lab, m)
+    assert code == 0 and "Directory listing" in body  # http.server, not the sample app
+    assert who_file.read_text().split() == ["custom", "gig", m.id, m.address]
