@@ -8,13 +8,11 @@ import logging
 import sys
 from pathlib import Path
 
-import segno
-
 from catalog import Catalog, default_state_dir
 from sixpn.output import emit
 from sixpn.registry import Registry
 from wgmesh import MeshError
-from wgmesh.agent import AgentConfig, read_applied, run_agent
+from wgmesh.applied import read_applied
 from wgmesh.desired import WG_PORT
 from wgmesh.peers import Created, create, list_peers, remove, reset
 
@@ -67,6 +65,8 @@ def _catalog(args: argparse.Namespace) -> Catalog:
 
 
 def mesh_agent(args: argparse.Namespace) -> None:
+    from wgmesh.agent import AgentConfig, run_agent  # pyroute2 is loaded only by the agent
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s " + args.host + ": %(message)s")
     run_agent(AgentConfig(
@@ -94,6 +94,8 @@ def _print_config(made: Created, file: Path | None, qr: bool) -> None:
     else:
         print(f"wrote {file} (peer {made.peer.name}, {made.peer.address} via {made.gateway.name})")
     if qr:
+        import segno  # only for --qr
+
         segno.make(made.config, error="l").terminal(out=sys.stdout, compact=True)
     if not made.applied:
         print(f"sixpn: warning: gateway {made.gateway.name} has not applied the peer yet", file=sys.stderr)

@@ -9,9 +9,7 @@ so drift (someone removed a peer by hand) heals; an empty diff applies nothing.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +20,7 @@ from pathlib import Path
 
 from catalog import Catalog, CatalogError, Follower, Host, NotFound, State
 from wgmesh import desired, keys, nftrules, wgctl
+from wgmesh.applied import write_applied
 from wgmesh.errors import MeshError
 from wgmesh.netlink import Netlink, NetOp
 from wgmesh.plan import Op, RemovePeer, SetListenPort, SetPeer, SetPrivateKey, WgOp, plan
@@ -41,26 +40,6 @@ class AgentConfig:
     resync: float = 10.0
     wg_log: Path | None = None
     userspace: bool = False  # wireguard-go even where the kernel module exists
-
-
-def applied_path(state_dir: Path, host: str) -> Path:
-    return state_dir / "mesh" / f"{host}.applied"
-
-
-def read_applied(state_dir: Path, host: str) -> int | None:
-    """The catalog version the host's agent has applied, or None if no agent has written one."""
-    try:
-        return int(json.loads(applied_path(state_dir, host).read_text())["version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def write_applied(state_dir: Path, host: str, version: int, peers: int) -> None:
-    path = applied_path(state_dir, host)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"version": version, "peers": peers, "pid": os.getpid(), "time": time.time()}))
-    os.replace(tmp, path)  # atomic: a reader sees the old or the new version, never half a file
 
 
 def set_sysctls() -> None:

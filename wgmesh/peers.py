@@ -19,7 +19,7 @@ from pathlib import Path
 
 from catalog import Catalog, Host, NotFound, Peer, State, addressing
 from wgmesh import keys
-from wgmesh.agent import read_applied
+from wgmesh.applied import read_applied
 from wgmesh.desired import endpoint_of
 from wgmesh.errors import MeshError
 from wgmesh.peerconf import PeerConfig, check_file, check_peer_name, render

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalog import Catalog, Machine, addressing
-from wgmesh.agent import read_applied
+from wgmesh.applied import read_applied
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from catalog import Catalog
 from sixpn.cli import main
 from wgmesh import keys
-from wgmesh.agent import read_applied, write_applied
+from wgmesh.applied import read_applied, write_applied
 
 from .world import World, make_world
 
