@@ -252,7 +252,10 @@ class Supervisor:
         try:
             ticks = 0
             while True:
-                self.reconcile()
+                try:
+                    self.reconcile()
+                except Exception as exc:  # a full disk or a vanished directory must not orphan the services
+                    log(f"reconcile failed: {exc!r}")
                 ticks += 1
                 if health is not None and ticks % HEALTH_EVERY == 0:
                     try:
