@@ -248,7 +248,7 @@ class Lab:
         # The delay line first (it must know where a packet will go before the kernel sends it there).
         _write_delay_config(self.plan, self.run_dir, choice)
         pid = system.read_pid(self.run_dir / "delayline.ready")
-        if pid is not None:
+        if pid is not None and system.runs(pid, "netns_lab.delayline", str(self.run_dir)):
             system.kill_pids([pid], signal.SIGHUP)
         system.run_batch(planmod.anycast_lines(self.plan, choice), self.plan.bb_ns)
 
@@ -329,7 +329,7 @@ class Lab:
 
     def supervisor_pid(self) -> int | None:
         pid = system.read_pid(self.run_dir / "supervisor.pid")
-        return pid if pid is not None and system.alive(pid) else None
+        return pid if pid is not None and system.runs(pid, "netns_lab.supervisor", str(self.run_dir)) else None
 
     def status(self) -> dict[str, Any]:
         svc = self.service_status()
@@ -443,7 +443,7 @@ def _teardown(lab_id: str) -> list[str]:
     namespaces = [n for n in system.list_netns() if n.startswith(prefix)]
     # The supervisor first, so it restarts nothing while its children are killed.
     sup = system.read_pid(run_dir / "supervisor.pid")
-    if sup is not None and system.alive(sup):
+    if sup is not None and system.runs(sup, "netns_lab.supervisor", str(run_dir)):
         system.kill_pids([sup])
         found.append(f"supervisor {sup}")
     for _ in range(20):

@@ -155,7 +155,7 @@ class Machines:
 
     def pid(self, machine_id: str) -> int | None:
         pid = system.read_pid(self.run_dir / "pids" / f"m-{machine_id}.pid")
-        return pid if pid is not None and system.alive(pid) else None
+        return pid if pid is not None and system.has_env(pid, f"FLY_MACHINE_ID={machine_id}") else None
 
     def _wait_pids(self, ids: list[str], present: bool) -> None:
         deadline = time.monotonic() + START_TIMEOUT

@@ -161,6 +161,24 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def runs(pid: int, *needles: str) -> bool:
+    """Whether live process `pid` has every needle in its command line: a pid read from a file may have
+    been recycled by an unrelated process, which must never get our signals."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return alive(pid) and all(n in cmdline for n in needles)
+
+
+def has_env(pid: int, entry: str) -> bool:
+    """Whether process `pid` started with `entry` (NAME=value) in its environment."""
+    try:
+        return entry.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") and alive(pid)
+    except OSError:
+        return False
+
+
 def read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
