@@ -12,7 +12,8 @@ Also reported: queries answered per CPU-second of each server (from /proc), whic
 far less than qps.
 
 Ends with one line: `dns6pn_qps=... nsd_qps=... ratio=... dns6pn_p99_ms=... nsd_p99_ms=...
-dns6pn_q_per_cpu_s=... nsd_q_per_cpu_s=... cpu_ratio=... names=...`.
+dns6pn_q_per_cpu_s=... nsd_q_per_cpu_s=... cpu_ratio=... names=... load1=...` (the 1-minute load average
+when it started: on a busy machine the qps figures mean little).
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"skipped=1 reason=no_{tool}")
             return 0
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="dns-bench-") as tmp_name:
         tmp = Path(tmp_name)
         cat, source = build_catalog(tmp / "state")
@@ -203,7 +205,8 @@ def main() -> int:
     print(f"nsd:    {nsd_qps:,.0f} qps, p99 {nsd_p99:.3f} ms")
     print(f"dns6pn_qps={our_qps:.0f} nsd_qps={nsd_qps:.0f} ratio={our_qps / nsd_qps:.2f} "
           f"dns6pn_p99_ms={our_p99:.3f} nsd_p99_ms={nsd_p99:.3f} dns6pn_q_per_cpu_s={our_eff:.0f} "
-          f"nsd_q_per_cpu_s={nsd_eff:.0f} cpu_ratio={our_eff / nsd_eff:.2f} names={len(names)}")
+          f"nsd_q_per_cpu_s={nsd_eff:.0f} cpu_ratio={our_eff / nsd_eff:.2f} names={len(names)} "
+          f"load1={load_before:.1f}")
     return 0
 
 
