@@ -7,7 +7,7 @@ under `ip netns exec`. Everything is removed in `close()`, which the fixture cal
 
 from __future__ import annotations
 
-import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -22,7 +22,7 @@ from wgmesh.applied import read_applied
 @dataclass
 class MiniMesh:
     root: Path
-    tag: str = field(default_factory=lambda: f"{os.getpid() % 10000:04d}")
+    tag: str = field(default_factory=lambda: secrets.token_hex(3)[:5])
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -55,7 +55,16 @@ class MiniMesh:
 
     def add_ns(self, node: str) -> str:
         name = self.ns(node)
-        subprocess.run(["ip", "netns", "add", name], check=True)
+        for attempt in range(3):
+            # `ip netns add` can lose a race on the shared /run/netns mount with another process creating
+            # namespaces at the same moment; a retry is what iproute2's own users do.
+            done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+            if done.returncode == 0:
+                break
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            if attempt == 2:
+                raise AssertionError(f"ip netns add {name}: {done.stderr.strip()}")
+            time.sleep(0.2)
         self.namespaces.append(name)
         self.ip(name, "link", "set", "lo", "up")
         return name
