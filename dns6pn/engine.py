@@ -12,7 +12,7 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from catalog import Network, RegionTable, State, addressing, default_regions
+from catalog import App, Change, Machine, Network, Peer, RegionTable, State, addressing, default_regions
 from catalog.errors import CatalogError
 from dns6pn import wire
 from dns6pn.answer import choose, encode
@@ -56,16 +56,24 @@ class _Entry:
 
 
 class _Replies:
-    """Finished replies (minus their ID) by query bytes after the ID, for one scope; sources of the same
-    network and region share one, so the hot path is two dict lookups and no tuple to build or hash."""
+    """The caches of one scope (network, asker's region); sources of the same scope share one.
 
-    __slots__ = ("net_id", "scope", "tcp", "udp")
+    `entries`: encoded replies by (qname, qtype, qclass, EDNS shape). `udp`/`tcp`: finished replies (minus
+    the ID) by the query's bytes after the ID, so the hot path is two dict lookups and no tuple to hash."""
+
+    __slots__ = ("entries", "net_id", "scope", "tcp", "udp")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.net_id = scope[0]
+        self.entries: dict[tuple[bytes, int, int, int], _Entry] = {}
         self.udp: dict[bytes, bytes] = {}
         self.tcp: dict[bytes, bytes] = {}
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.udp.clear()
+        self.tcp.clear()
 
 
 class Engine:
@@ -91,8 +99,8 @@ class Engine:
         self.max_udp = max(512, min(max_udp, 65535))
         self.cache_entries = cache_entries
         self.fallback_region = fallback_region
-        self.cache: dict[tuple[object, ...], _Entry] = {}
         self.replies: dict[Scope, _Replies] = {}
+        self.entry_count = 0
         self.packet_count = 0
         self.sources: dict[str | bytes, _Replies | None] = {}
         self.zones: dict[int, NetworkZone] = {}
@@ -103,14 +111,22 @@ class Engine:
 
     # -- catalog side ------------------------------------------------------------------------------
 
-    def update(self, state: State) -> None:
-        """The catalog moved (or was replaced): forget every cached reply, zone and source mapping."""
+    def update(self, state: State, changes: list[Change] | None = None) -> None:
+        """The catalog moved. When `changes` only touch machines, apps and peers, forget the zones and
+        replies of the networks they belong to; otherwise (or without `changes`) forget everything."""
         self.state = state
+        touched = _networks_touched(state, changes)
+        if touched is not None:
+            for net_id in touched:
+                self.zones.pop(net_id, None)
+            for replies in self.replies.values():
+                if replies.net_id in touched:
+                    replies.clear()
+            return
         self.networks = {n.net_id: n for n in state.networks.values()}
         self.host_regions = {h.host_id: h.region for h in state.hosts.values()}
-        self.cache.clear()
         self.replies.clear()
-        self.packet_count = 0
+        self.entry_count = self.packet_count = 0
         self.sources.clear()
         self.zones.clear()
 
@@ -120,11 +136,7 @@ class Engine:
         replies = self.sources.get(source, False)
         if replies is False:
             scope = self._scope(self.source_override or source)
-            replies = None
-            if scope is not None:
-                replies = self.replies.get(scope)
-                if replies is None:
-                    replies = self.replies[scope] = _Replies(scope)
+            replies = None if scope is None else self._replies(scope)
             if len(self.sources) >= SOURCE_ENTRIES:
                 self.sources.clear()
             self.sources[source] = replies
@@ -190,17 +202,21 @@ class Engine:
             # Not a member of any network: nothing of ours, and never an open resolver (spec).
             raise wire.Reject(wire.REFUSED, query.end, edns)
         shape = 0 if edns is None else (2 if edns.do else 1)
-        key = (scope, query.qname, query.qtype, query.qclass, shape)
-        entry = self.cache.get(key)
+        key = (query.qname, query.qtype, query.qclass, shape)
+        entries = self._replies(scope).entries
+        entry = entries.get(key)
         if entry is None:
             if not query.internal:
                 if not self.forwarding:
                     raise wire.Reject(wire.REFUSED, query.end, edns)
                 return Forward(data, query.end)
             entry = self._build(query, scope)
-            if len(self.cache) >= self.cache_entries:
-                self.cache.clear()
-            self.cache[key] = entry
+            if self.entry_count >= self.cache_entries:
+                for each in self.replies.values():
+                    each.entries.clear()
+                self.entry_count = 0
+            entries[key] = entry
+            self.entry_count += 1
         out = entry.full
         if not tcp:
             limit = 512 if edns is None else min(edns.udp_size, self.max_udp)
@@ -213,15 +229,20 @@ class Engine:
             self._remember(scope, tcp, data[2:], tail)
         return data[:2] + tail
 
+    def _replies(self, scope: Scope) -> _Replies:
+        replies = self.replies.get(scope)
+        if replies is None:
+            replies = self.replies[scope] = _Replies(scope)
+        return replies
+
     def _remember(self, scope: Scope, tcp: bool, key: bytes, tail: bytes) -> None:
+        # The counts only grow between full clears (a partial clear does not lower them): the bound holds.
         if self.packet_count >= self.cache_entries:
             for each in self.replies.values():
                 each.udp.clear()
                 each.tcp.clear()
             self.packet_count = 0
-        replies = self.replies.get(scope)
-        if replies is None:
-            replies = self.replies[scope] = _Replies(scope)
+        replies = self._replies(scope)
         (replies.tcp if tcp else replies.udp)[key] = tail
         self.packet_count += 1
 
@@ -236,3 +257,25 @@ class Engine:
                       udp_size=self.max_udp)
         opt = full[-11:] if query.edns is not None else b""
         return _Entry(full, query.end, opt)
+
+
+def _networks_touched(state: State, changes: list[Change] | None) -> set[int] | None:
+    """The networks whose names a batch of changes can alter, or None when it may alter any (an org,
+    network or host changed: scoping and regions depend on those)."""
+    if changes is None:
+        return None
+    ids = {n.name: n.net_id for n in state.networks.values()}
+    touched = set()
+    for change in changes:
+        record = change.record
+        if isinstance(record, Machine):
+            app = state.apps.get(record.app)
+            network = app.network if app is not None else None
+        elif isinstance(record, App | Peer):
+            network = record.network
+        else:
+            return None
+        if network not in ids:
+            return None
+        touched.add(ids[network])
+    return touched

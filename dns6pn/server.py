@@ -311,7 +311,7 @@ class DnsServer:
             await asyncio.sleep(POLL_INTERVAL)
 
     def _on_change(self, state: State, changes: list[Change]) -> None:
-        self.engine.update(state)
+        self.engine.update(state, changes)
         if not self.config.listen and any(c.kind in ("peer", "network", "host") for c in changes):
             task = asyncio.get_running_loop().create_task(self._reconcile_logged())
             self._tasks.add(task)

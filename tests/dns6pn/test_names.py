@@ -227,3 +227,31 @@ def test_catalog_change_invalidates_cached_answers(world: World) -> None:
     engine.update(follower.state)
     reply = ask(engine, f"{moved.id}.vm.web.internal", source=world.db.address)
     assert addresses(reply) == {moved.address} and moved.address != world.web_gru.address
+
+
+def test_changes_invalidate_only_the_networks_they_touch(world: World) -> None:
+    from catalog import Follower
+
+    follower = Follower(world.catalog)
+    engine = Engine(follower.state)
+    acme_src, globex_src = world.acme_source, world.globex.address
+    ask(engine, "web.internal", source=acme_src)
+    ask(engine, "api.internal", source=globex_src)
+
+    def cached(source: str) -> int:
+        scope = engine.scope_of(source)
+        return sum(len(r.entries) for s, r in engine.replies.items() if s == scope)
+
+    assert cached(acme_src) and cached(globex_src)
+    world.catalog.set_machine_state(world.web_ams.id, "stopped")
+    changes = follower.poll()
+    engine.update(follower.state, changes)
+    assert cached(globex_src) and not cached(acme_src)
+    assert world.web_ams.address not in addresses(ask(engine, "web.internal", source=acme_src))
+    peer = world.catalog.create_peer("globex", "bob", "gw-gru", "C" * 43 + "=")
+    engine.update(follower.state, follower.poll())
+    assert cached(acme_src) and not cached(globex_src)
+    assert addresses(ask(engine, "bob._peer.internal", source=globex_src)) == {peer.address}
+    world.catalog.register_host("worker-syd", "syd", "worker", "192.0.2.20")  # a host: everything goes
+    engine.update(follower.state, follower.poll())
+    assert not engine.replies
