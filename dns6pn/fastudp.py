@@ -55,9 +55,6 @@ def _libc() -> ctypes.CDLL | None:
 LIBC = _libc()
 AVAILABLE = LIBC is not None
 
-# Source key from a raw sockaddr: the packed address only (the port does not change the network).
-Reply = Callable[[bytes, bytes, bool], object]
-
 
 def _address(raw: bytes) -> tuple[bytes, tuple[str, int]]:
     """(packed address, (text, port)) of a sockaddr_in / sockaddr_in6."""
