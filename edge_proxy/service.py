@@ -47,7 +47,7 @@ def make_resolver(config: ProxyConfig) -> Resolver:
     return override_resolver(dict(config.upstream_override)) if config.upstream_override else default_resolver
 
 
-def bind(address: str, reuse_port: bool) -> socket.socket:
+def bind(address: str, reuse_port: bool, listen: bool = True) -> socket.socket:
     host, port = parse_hostport(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -61,7 +61,8 @@ def bind(address: str, reuse_port: bool) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)
     return sock
 
@@ -211,12 +212,18 @@ def serve(config: ProxyConfig, state_dir: Path) -> int:
     if config.workers <= 1:
         uvloop.run(run_worker(config, state_dir))
         return 0
+    for address in (*config.listen, *config.tls_listen):
+        bind(address, reuse_port=True, listen=False).close()  # a busy port fails here, once, not in N children
+    if config.tls_listen:
+        load_sni_context(config.cert_dir)
     return _supervise(config, state_dir)
 
 
 def _supervise(config: ProxyConfig, state_dir: Path) -> int:
     dump_dir = Path(tempfile.mkdtemp(prefix="sixpn-edge-"))
     children: dict[int, int] = {}
+    born: dict[int, float] = {}
+    quick_deaths = 0
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -229,11 +236,13 @@ def _supervise(config: ProxyConfig, state_dir: Path) -> int:
                 code = 1
             os._exit(code)
         children[pid] = index
+        born[index] = time.monotonic()
 
     for i in range(config.workers):
         spawn(i)
 
     async def main() -> None:
+        nonlocal quick_deaths
         merged = Metrics
 
         def render() -> str:
@@ -244,6 +253,7 @@ def _supervise(config: ProxyConfig, state_dir: Path) -> int:
             return total.render()
 
         server = None
+        failed.clear()
         if config.metrics_listen:
             try:
                 server = await metrics_server(config.metrics_listen, render)
@@ -260,7 +270,14 @@ def _supervise(config: ProxyConfig, state_dir: Path) -> int:
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if done and not stop.is_set():
                     index = children.pop(pid)
+                    quick_deaths = quick_deaths + 1 if time.monotonic() - born[index] < 2.0 else 0
+                    if quick_deaths > 5:
+                        log.error("workers keep dying at start; giving up")
+                        failed.set()
+                        stop.set()
+                        break
                     log.warning("worker %d exited; restarting", index)
+                    await asyncio.sleep(min(5.0, 0.25 * 2 ** quick_deaths))
                     spawn(index)
         if server is not None:
             server.close()
@@ -278,10 +295,11 @@ def _supervise(config: ProxyConfig, state_dir: Path) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    failed = asyncio.Event()
     try:
         uvloop.run(main())
     finally:
         for path in dump_dir.glob("*"):
             path.unlink()
         dump_dir.rmdir()
-    return 0
+    return 1 if failed.is_set() else 0
