@@ -1,0 +1,117 @@
+"""Pure pieces: framing rules, hop-by-hop handling, health/load/RTT books, metrics exposition, the table."""
+
+from __future__ import annotations
+
+import pytest
+
+from catalog import State
+from catalog.models import App, Host, Machine
+from edge_proxy.errors import HttpError
+from edge_proxy.health import HealthBook, RttBook
+from edge_proxy.http1 import head as h
+from edge_proxy.metrics import Metrics
+from edge_proxy.table import RoutingTable, override_resolver
+
+
+def test_request_framing() -> None:
+    assert h.request_framing([(b"content-length", b"5")], b"1.1") == ("length", 5)
+    assert h.request_framing([(b"content-length", b"0")], b"1.1") == ("none", 0)
+    assert h.request_framing([(b"transfer-encoding", b"Chunked")], b"1.1") == ("chunked", 0)
+    assert h.request_framing([], b"1.0") == ("none", 0)
+    for headers, version in [
+        ([(b"content-length", b"5"), (b"transfer-encoding", b"chunked")], b"1.1"),
+        ([(b"content-length", b"5"), (b"content-length", b"5")], b"1.1"),
+        ([(b"content-length", b"5, 5")], b"1.1"),
+        ([(b"content-length", b"-5")], b"1.1"),
+        ([(b"transfer-encoding", b"chunked")], b"1.0"),
+        ([(b"transfer-encoding", b"gzip")], b"1.1"),
+        ([(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")], b"1.1"),
+    ]:
+        with pytest.raises(HttpError) as info:
+            h.request_framing(headers, version)
+        assert info.value.status in (400, 501)
+
+
+def test_response_framing() -> None:
+    assert h.response_framing(200, [(b"content-length", b"3")], b"GET") == ("length", 3)
+    assert h.response_framing(200, [(b"content-length", b"3")], b"HEAD") == ("none", 0)
+    assert h.response_framing(204, [], b"GET") == ("none", 0)
+    assert h.response_framing(304, [(b"content-length", b"3")], b"GET") == ("none", 0)
+    assert h.response_framing(200, [(b"transfer-encoding", b"chunked")], b"GET") == ("chunked", 0)
+    assert h.response_framing(200, [], b"GET") == ("close", 0)
+    with pytest.raises(HttpError):
+        h.response_framing(200, [(b"content-length", b"3"), (b"content-length", b"4")], b"GET")
+
+
+def test_strip_hop_by_hop_includes_connection_named_fields() -> None:
+    headers = [(b"connection", b"keep-alive, X-Secret"), (b"x-secret", b"1"), (b"keep-alive", b"5"),
+               (b"te", b"trailers"), (b"upgrade", b"websocket"), (b"x-kept", b"yes")]
+    assert h.strip_hop_by_hop(headers) == [(b"x-kept", b"yes")]
+
+
+def test_host_name() -> None:
+    assert h.host_name(b"Web.Example.com:8080") == "web.example.com"
+    assert h.host_name(b"[::1]:80") == "::1"
+    assert h.host_name(b"web.sixpn.test.") == "web.sixpn.test"
+
+
+def test_health_book_passive_and_active() -> None:
+    now = [100.0]
+    book = HealthBook(passive_down=10, clock=lambda: now[0])
+    assert book.healthy("m")
+    book.mark_down("m")
+    assert not book.healthy("m")
+    now[0] += 11
+    assert book.healthy("m")
+    book.mark_down("m")
+    book.record("m", True)  # a passing check clears the passive mark
+    assert book.healthy("m")
+    book.record("m", False)
+    now[0] += 100
+    assert not book.healthy("m")  # an active failure lasts until a check passes
+    book.forget(set())
+    assert book.healthy("m")
+
+
+def test_rtt_book_seeds_then_measures() -> None:
+    book = RttBook(lambda host: 175.0, alpha=0.5)
+    assert book.rtt("w") == 175.0
+    book.sample("w", 0.010)
+    assert book.rtt("w") == pytest.approx(10.0)
+    book.sample("w", 0.020)
+    assert book.rtt("w") == pytest.approx(15.0)
+    frozen = RttBook(lambda host: 8.0, measure=False)
+    frozen.sample("w", 1.0)
+    assert frozen.rtt("w") == 8.0
+
+
+def test_metrics_render_and_merge() -> None:
+    a, b = Metrics(), Metrics()
+    a.inc("sixpn_edge_requests_total", app="web", region="gru", status="200")
+    b.inc("sixpn_edge_requests_total", region="gru", app="web", status="200")  # label order does not matter
+    b.observe("sixpn_edge_request_seconds", 0.003, app="web")
+    a.merge(b.snapshot())
+    text = a.render()
+    assert 'sixpn_edge_requests_total{app="web",region="gru",status="200"} 2' in text
+    assert 'sixpn_edge_request_seconds_bucket{app="web",le="0.005"} 1' in text
+    assert 'sixpn_edge_request_seconds_count{app="web"} 1' in text
+    assert "# TYPE sixpn_edge_requests_total counter" in text
+
+
+def test_table_from_state_and_resolvers() -> None:
+    state = State()
+    state.put(Host("w1", "gru", "worker", 1, "192.0.2.1"))
+    state.put(App("web", "acme", "acme", {"app": "web", "hostnames": ["www.example.test"],
+                                           "http_service": {"internal_port": 9000, "processes": ["app"]}}))
+    state.put(Machine("00000000000001", "web", "gru", "w1", "fdaa::2", "started"))
+    state.put(Machine("00000000000002", "web", "gru", "w1", "fdaa::3", "stopped"))
+    state.put(Machine("00000000000003", "web", "gru", "w1", "fdaa::4", "started", process_group="worker"))
+    table = RoutingTable(state, "sixpn.test")
+    app = table.app_for_host_header(b"web.sixpn.test")
+    assert app is not None and [m.id for m in app.machines] == ["00000000000001", "00000000000002"]
+    assert app.machines[0].port == 9000 and not app.machines[1].started
+    assert table.app_for_host_header(b"www.example.test:443") is app
+    assert table.app_for_host_header(b"other.sixpn.test") is None
+    resolve = override_resolver({"00000000000001": "127.0.0.1:81", "fdaa::3": "[::1]:82"})
+    assert resolve(app.machines[0]) == ("127.0.0.1", 81)
+    assert resolve(app.machines[1]) == ("::1", 82)
