@@ -21,6 +21,7 @@ from netns_lab.machines import Machines
 pytestmark = pytest.mark.lab
 
 ANYCAST = "192.0.2.1"
+ANYCAST6 = "2001:db8:ac::1"
 HERE = Path(__file__).resolve().parent
 WEB = {"http_service": {"internal_port": 8080}}
 WS_CLIENT = """
@@ -62,6 +63,10 @@ def test_each_region_is_served_in_region(lab: Lab, lab_app: Callable[..., list[M
         doc = get_json(lab, f"client-{region}", "edgeweb")
         assert doc["region"] == region
         assert doc["headers"]["fly-region"] == region  # the edge that answered is the client's own
+    # The IPv6 anycast address too.
+    out = lab.exec("client-gig", ["curl", "-s", "-m", "10", "-g", "-H", "Host: edgeweb.sixpn.test",
+                                  f"http://[{ANYCAST6}]/"]).stdout
+    assert json.loads(out)["region"] == "gig"
 
 
 def test_stopped_gru_machine_is_served_from_gig(lab: Lab, lab_app: Callable[..., list[Machine]]) -> None:
