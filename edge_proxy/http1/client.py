@@ -196,7 +196,7 @@ class UpstreamPool:
     """Keep-alive connections per (host, port): at most `max_per_key` open, `max_idle_per_key` kept idle
     for `idle_timeout` seconds. `acquire` waits for a free slot when the bound is reached."""
 
-    def __init__(self, max_per_key: int = 256, max_idle_per_key: int = 32, idle_timeout: float = 30.0,
+    def __init__(self, max_per_key: int = 256, max_idle_per_key: int = 128, idle_timeout: float = 30.0,
                  resolve: Callable[[Key], tuple[str, int]] | None = None) -> None:
         self.max_per_key = max_per_key
         self.max_idle = max_idle_per_key

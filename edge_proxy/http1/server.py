@@ -238,6 +238,7 @@ class ServerConnection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._deadline = 0.0  # monotonic time of the pending head/idle timeout; 0 = none
         self._body_seen = 0.0  # when request body bytes last arrived (for body_timeout)
+        self._swept = False  # registered with the loop's sweeper
         self._eof = False  # the client half-closed: answer what is in flight, then close
         self._task: asyncio.Task[None] | None = None
 
@@ -508,7 +509,9 @@ class ServerConnection(asyncio.Protocol):
         # A deadline checked by the loop's sweeper instead of a timer per request: two float stores on the
         # hot path instead of a call_later + cancel (timeouts fire within SWEEP seconds of their due time).
         self._deadline = time.monotonic() + delay
-        _sweeper(self._loop).add(self)
+        if not self._swept:
+            self._swept = True
+            _sweeper(self._loop).add(self)
 
     def _disarm(self) -> None:
         self._deadline = 0.0
