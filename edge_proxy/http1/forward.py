@@ -25,6 +25,7 @@ from edge_proxy.http1.server import Exchange
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 #: The forwarder answers `Expect: 100-continue` itself (RFC 9110 §10.1.1), so it is not sent on.
 REQUEST_OWN = FRAMING | {b"expect"}
+_RESPONSE_DROP = h.HOP_BY_HOP | FRAMING
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,9 @@ class _Flow:
         elif head.status == 101:
             self._start_tunnel(head)
         else:
-            headers = [(k, v) for k, v in h.strip_hop_by_hop(head.headers) if k not in FRAMING]
+            named = h.connection_tokens(head.headers)
+            drop = _RESPONSE_DROP | named if named else _RESPONSE_DROP
+            headers = [(k, v) for k, v in head.headers if k not in drop]
             no_body = head.framing == "none"
             if no_body:
                 cl = head.header(b"content-length")

@@ -46,6 +46,8 @@ class ServerLimits:
 
 
 Handler = Callable[["Exchange"], Awaitable[None]]
+#: Fields whose presence changes how the head is read (framing, Expect): noted while parsing.
+_NOTED = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
 
 def error_response(exc: HttpError, extra: h.Headers | None = None) -> tuple[int, h.Headers, bytes]:
@@ -233,6 +235,8 @@ class ServerConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._url = b""
         self._headers: h.Headers = []
+        self._size = 0
+        self._noted: set[bytes] = set()  # which of _NOTED the head carries
         self._paused: set[str] = set()
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -327,6 +331,8 @@ class ServerConnection(asyncio.Protocol):
         self._in_head = True
         self._url = b""
         self._headers = []
+        self._size = 0
+        self._noted = set()
         if self._current is None:
             self._arm(self.limits.header_timeout)
 
@@ -334,25 +340,32 @@ class ServerConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
+        self._size += len(name) + len(value) + 4
+        if name in _NOTED:
+            self._noted.add(name)
         if len(self._headers) > self.limits.max_headers:
             raise HttpError(431, "PH02", "too many header fields")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
-        if size > self.limits.max_head_bytes:
+        if self._size + len(self._url) > self.limits.max_head_bytes:
             raise HttpError(431, "PH02", "request head too large")
         parser = self.parser
         version = parser.get_http_version().encode()
         if version not in (b"1.1", b"1.0"):
             raise HttpError(505, "PH01", "HTTP version not supported")
-        framing, length = h.request_framing(self._headers, version)
         headers = self._headers
+        noted = self._noted
+        framing: h.Framing = "none"
+        length = 0
+        if b"content-length" in noted or b"transfer-encoding" in noted:
+            framing, length = h.request_framing(headers, version)
         upgrade = b""
         if parser.should_upgrade():
             upgrade = h.get(headers, b"upgrade") or b""
-        expect = h.get(headers, b"expect")
+        expect = h.get(headers, b"expect") if b"expect" in noted else None
         head = h.RequestHead(
             method=parser.get_method(), target=self._url, version=version, headers=headers, framing=framing,
             content_length=length, keep_alive=parser.should_keep_alive(), upgrade=upgrade,
