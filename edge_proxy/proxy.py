@@ -6,7 +6,7 @@ Proxy-originated errors carry `fly-proxy-error: <code>` and the same code in the
     PR01 no healthy machines          PR02 no app for this host       PR03 every machine at hard limit
     PR04 upstream connect/refused     PR05 upstream timed out         PR06 invalid upstream response
     PR07 request not replayable       PR08 too many replays / bad fly-replay
-    PR09 forced region/instance unavailable                           PR10 edge draining
+    PR09 forced region/instance unavailable
     PH01 malformed request (400)      PH02 head too large (431)       PH03 head timeout (408)
 """
 
@@ -82,7 +82,6 @@ class EdgeProxy:
         self.via = f"1.1 {config.name}".encode()
         self.region_bytes = region.encode()
         self.server_name = config.name.encode()
-        self.draining = False
         self.connections: set[ServerConnection] = set()
 
     # -- state from the catalog -------------------------------------------------------------------
@@ -119,8 +118,6 @@ class EdgeProxy:
             self._finish(ex, request_id, info, started)
 
     async def _handle(self, ex: Exchange, request_id: str, info: dict[str, object]) -> None:
-        if self.draining:
-            raise HttpError(503, "PR10", "edge is draining")
         app = self.table.app_for_host_header(ex.head.host)
         if app is None:
             raise HttpError(404, "PR02", f"no app for host {h.host_name(ex.head.host)!r}")
@@ -128,7 +125,6 @@ class EdgeProxy:
         if app.idle_timeout is not None:
             ex.conn.idle_timeout = app.idle_timeout
         steer = steering_from_headers(ex.head.headers)
-        forced = bool(steer.force_region or steer.force_instance)
         tee = BodyTee(ex, REPLAY_BODY_LIMIT)
         src = ""
         tried: set[str] = set()
@@ -140,7 +136,7 @@ class EdgeProxy:
                 steer.prefer_region, steer.force_region, steer.prefer_instance, steer.force_instance,
                 steer.exclude | tried)
             decision = self.chooser.choose(self.candidates(app), current)
-            machine = await self._decide(app, decision, forced, deadline)
+            machine = await self._decide(app, decision, deadline)
             if machine is None:
                 continue  # capacity freed: choose again
             info["machine"], info["region"] = machine.id, machine.region
@@ -151,7 +147,10 @@ class EdgeProxy:
                 if not await self._retryable(ex, exc, tee, stale_retry):
                     raise HttpError(502, "PR04", f"upstream {machine.id}: {exc}") from None
                 if exc.stale and not stale_retry:
-                    stale_retry = True  # a pooled connection the machine had closed: same machine, new one
+                    # A pooled connection the machine had closed (it restarted, or timed it out): its other
+                    # idle ones are suspect too. Same machine, new connection.
+                    stale_retry = True
+                    self.pool.drop_idle(self.resolve(machine))
                 else:
                     self.health.mark_down(machine.id)
                     tried.add(machine.id)
@@ -172,11 +171,10 @@ class EdgeProxy:
                 raise HttpError(413, "PR07", "request body over 1 MiB cannot be replayed")
             app = self._replay_app(app, replay)
             steer = replay_steering(replay, machine.id)
-            forced = bool(steer.force_region or steer.force_instance)
             tried = set()
             src = replay_src(machine.id, machine.region, int(time.time() * 1_000_000), replay.state)
 
-    async def _decide(self, app: AppRoute, decision: Decision, forced: bool, deadline: float) -> MachineRoute | None:
+    async def _decide(self, app: AppRoute, decision: Decision, deadline: float) -> MachineRoute | None:
         if decision.outcome == "ok" and decision.machine is not None:
             route = next(m for m in app.machines if m.id == decision.machine.id)
             return route

@@ -222,6 +222,11 @@ class UpstreamPool:
             conn.close()
         return None
 
+    def drop_idle(self, key: Key) -> None:
+        """Close every idle connection to `key` (after one turned out to be dead)."""
+        for conn in self._idle.pop(key, ()):
+            conn.close()
+
     async def acquire(self, key: Key, connect_timeout: float) -> tuple[UpstreamConnection, bool]:
         """(connection, reused). Raises UpstreamError(connect=True) when no connection can be made."""
         conn = self.take_idle(key)

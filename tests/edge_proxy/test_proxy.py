@@ -267,3 +267,14 @@ async def test_access_log_and_metrics(tmp_path: Path) -> None:
         assert 'sixpn_edge_requests_total{app="web",region="gru",status="200"} 1' in text
         assert 'sixpn_edge_proxy_errors_total{code="PR02"} 1' in text
         assert "sixpn_edge_machine_load" in text and "sixpn_edge_upstream_connect_seconds_bucket" in text
+
+
+@aio
+async def test_dead_pooled_connection_retried_on_same_machine(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+        assert (await request(lab.port)).status == 200  # leaves a pooled connection
+        lab.backends["gru1"].fail_next = 1  # the machine drops the next request on the floor
+        r = await request(lab.port)
+        assert r.status == 200 and r.json()["machine"] == "gru1"
+        assert lab.service.proxy.health.healthy(lab.machines["gru1"])  # not marked down for a stale socket
+        assert lab.service.proxy.pool.connects == 2
