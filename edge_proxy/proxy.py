@@ -88,6 +88,7 @@ class EdgeProxy:
 
     def update(self, state: State) -> None:
         self.table = RoutingTable(state, self.config.domain)
+        self.pool.retain({self.resolve(m) for app in self.table.apps.values() for m in app.machines if m.started})
 
     def candidates(self, app: AppRoute) -> list[Candidate]:
         conc = app.concurrency

@@ -222,6 +222,11 @@ class UpstreamPool:
             conn.close()
         return None
 
+    def retain(self, keys: set[Key]) -> None:
+        """Close idle connections to anything not in `keys` (machines gone from the catalog)."""
+        for key in [k for k in self._idle if k not in keys]:
+            self.drop_idle(key)
+
     def drop_idle(self, key: Key) -> None:
         """Close every idle connection to `key` (after one turned out to be dead)."""
         for conn in self._idle.pop(key, ()):
