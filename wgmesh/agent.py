@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -27,6 +28,7 @@ from wgmesh.plan import Op, RemovePeer, SetListenPort, SetPeer, SetPrivateKey, W
 
 log = logging.getLogger("wgmesh.agent")
 POLL = 0.02
+DISCARD_PORT = 9  # RFC 863
 RETRY = 0.5
 
 
@@ -76,6 +78,8 @@ class Agent:
     def __init__(self, config: AgentConfig, catalog: Catalog) -> None:
         self.config = config
         self.catalog = catalog
+        # A key that already existed means our peers may hold sessions with an earlier incarnation of us.
+        self.renew = config.key_file.exists()
         self.pair = keys.load_or_create(config.key_file)
         self.nft_script = ""
         self.last_want: desired.Desired | None = None
@@ -152,14 +156,35 @@ class Agent:
             self.nft_script = script
             log.info("nft table %s %s replaced", nftrules.FAMILY, nftrules.TABLE)
         self.last_want = want
+        if self.renew:
+            self._renew_sessions(state)
         write_applied(self.config.state_dir, self.config.host, state.version, len(want.peers))
         return ops
+
+    def _renew_sessions(self, state: State) -> None:
+        """After a restart our peers still hold sessions with the old interface and would keep using them
+        until their timers expire (up to Keepalive-Timeout + Rekey-Timeout, 15 s). One datagram to each
+        peer host's mesh address makes us initiate a fresh handshake now, which replaces the stale session
+        on the other side (whitepaper §6.2). Only after a restart: at a fresh start no peer has a session."""
+        self.renew = False
+        sent = 0
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            for host in state.hosts.values():
+                if host.name == self.config.host or not host.public_key:
+                    continue
+                try:
+                    sock.sendto(b"", (str(host.mesh_address), DISCARD_PORT))
+                    sent += 1
+                except OSError as exc:
+                    log.warning("cannot reach %s to renew its session: %s", host.name, exc.strerror)
+        log.info("renewing sessions with %d peers after a restart", sent)
 
     def _check_child(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             log.error("wireguard-go exited with %s; restarting the interface", self.proc.returncode)
             self.nft_script = ""
             self.last_want = None
+            self.renew = True
             self._start_interface()
 
     def run(self, stop: threading.Event) -> None:

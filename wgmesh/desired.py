@@ -18,10 +18,11 @@ from wgmesh.dump import Net
 from wgmesh.errors import MeshError
 
 WG_PORT = 51820
-#: Host peers keep their sessions warm. Setting it also makes wireguard-go send a keepalive at once, so a
-#: restarted interface handshakes with every peer right away instead of waiting for the peer's stale session
-#: to time out (whitepaper §6.5: a new handshake replaces the old session on both sides).
-HOST_KEEPALIVE = 25
+#: No persistent keepalive between hosts: with it, two hosts that add each other at the same moment (every
+#: agent at `lab up`) both initiate at once, each initiation overwrites the other side's handshake state, both
+#: responses are rejected, and the pair waits REKEY_TIMEOUT (5 s) to retry (whitepaper §6.1, §6.4). Handshakes
+#: are driven by traffic instead, so one side initiates; the agent renews stale sessions itself after a restart.
+HOST_KEEPALIVE = 0
 
 
 @dataclass(frozen=True)
