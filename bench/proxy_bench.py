@@ -90,6 +90,27 @@ def process(argv: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children's threads (nginx: master + worker)."""
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measured(pid: int, port: int, duration: int, connections: int) -> tuple[float, float, float, float]:
+    """wrk figures plus the proxy's CPU microseconds per request (independent of other load on the box)."""
+    before = cpu_seconds(pid)
+    rps, p50, p99 = wrk(port, "web.sixpn.test", duration, connections)
+    used = cpu_seconds(pid) - before
+    return rps, p50, p99, used / (rps * duration) * 1e6
+
+
 def wrk(port: int, host: str, duration: int, connections: int) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms)."""
     out = subprocess.run(
@@ -138,23 +159,24 @@ def run(tmp: Path, duration: int, connections: int) -> None:
                 "gru", "--listen", f"127.0.0.1:{edge_port}", "--access-log", "off", "--static-rtt", "--metrics", "off",
                 "--upstream-override", f"{machine.id}=127.0.0.1:{backend}"]
     with process(["nginx", "-p", str(tmp), "-c", str(tmp / "backend.conf")]), \
-            process(["nginx", "-p", str(tmp), "-c", str(tmp / "proxy.conf")]), \
-            process(edge_cmd, env=env):
+            process(["nginx", "-p", str(tmp), "-c", str(tmp / "proxy.conf")]) as nginx_proc, \
+            process(edge_cmd, env=env) as edge_proc:
         for port in (backend, nginx_port, edge_port):
             wait_port(port)
         wrk(edge_port, "web.sixpn.test", 1, connections)  # warm up pools
         wrk(nginx_port, "web.sixpn.test", 1, connections)
         direct = wrk(backend, "web.sixpn.test", duration, connections)
-        nginx = wrk(nginx_port, "web.sixpn.test", duration, connections)
-        edge = wrk(edge_port, "web.sixpn.test", duration, connections)
+        nginx = measured(nginx_proc.pid, nginx_port, duration, connections)
+        edge = measured(edge_proc.pid, edge_port, duration, connections)
     print(f"direct: {direct[0]:.0f} rps p50 {direct[1]:.2f} ms p99 {direct[2]:.2f} ms")
-    print(f"nginx:  {nginx[0]:.0f} rps p50 {nginx[1]:.2f} ms p99 {nginx[2]:.2f} ms")
-    print(f"edge:   {edge[0]:.0f} rps p50 {edge[1]:.2f} ms p99 {edge[2]:.2f} ms")
+    print(f"nginx:  {nginx[0]:.0f} rps p50 {nginx[1]:.2f} ms p99 {nginx[2]:.2f} ms, {nginx[3]:.1f} us CPU/request")
+    print(f"edge:   {edge[0]:.0f} rps p50 {edge[1]:.2f} ms p99 {edge[2]:.2f} ms, {edge[3]:.1f} us CPU/request")
     print(
         f"edge_rps={edge[0]:.0f} nginx_rps={nginx[0]:.0f} ratio={edge[0] / nginx[0]:.2f} "
         f"edge_added_p50_ms={edge[1] - direct[1]:.2f} edge_added_p99_ms={edge[2] - direct[2]:.2f} "
         f"nginx_added_p50_ms={nginx[1] - direct[1]:.2f} nginx_added_p99_ms={nginx[2] - direct[2]:.2f} "
-        f"connections={connections} duration_s={duration}"
+        f"edge_cpu_us_per_req={edge[3]:.1f} nginx_cpu_us_per_req={nginx[3]:.1f} "
+        f"cpu_ratio={nginx[3] / edge[3]:.2f} connections={connections} duration_s={duration}"
     )
 
 
