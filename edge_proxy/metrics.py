@@ -28,6 +28,10 @@ HELP = {
 }
 
 
+#: Gauges that workers each measure for the whole edge: merged by max, not summed.
+NOT_ADDITIVE = frozenset({"sixpn_edge_host_rtt_ms", "sixpn_edge_host_rtt_samples", "sixpn_edge_machine_healthy"})
+
+
 def _labels(labels: dict[str, str]) -> Labels:
     # Call sites pass labels in a fixed order, so no sort on the hot path; render() sorts and merges.
     return tuple(labels.items())
@@ -75,7 +79,10 @@ class Metrics:
             for key, value in rows:
                 labels = tuple(sorted((k, v) for k, v in key))
                 book = self.gauges.setdefault(name, {})
-                book[labels] = book.get(labels, 0.0) + value
+                if name in NOT_ADDITIVE:  # every worker measures the same thing: keep one figure
+                    book[labels] = max(book.get(labels, value), value)
+                else:
+                    book[labels] = book.get(labels, 0.0) + value
         for name, rows in snap.get("hists", {}).items():
             for key, value in rows:
                 labels = tuple(sorted((k, v) for k, v in key))

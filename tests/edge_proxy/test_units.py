@@ -115,3 +115,15 @@ def test_table_from_state_and_resolvers() -> None:
     resolve = override_resolver({"00000000000001": "127.0.0.1:81", "fdaa::3": "[::1]:82"})
     assert resolve(app.machines[0]) == ("127.0.0.1", 81)
     assert resolve(app.machines[1]) == ("::1", 82)
+
+
+def test_metrics_merge_keeps_per_edge_gauges() -> None:
+    a, b, total = Metrics(), Metrics(), Metrics()
+    for m in (a, b):
+        m.set("sixpn_edge_host_rtt_ms", 8.0, host="worker-gig")
+        m.set("sixpn_edge_machine_load", 3, app="web", machine="m1", type="requests")
+    total.merge(a.snapshot())
+    total.merge(b.snapshot())
+    text = total.render()
+    assert 'sixpn_edge_host_rtt_ms{host="worker-gig"} 8' in text
+    assert 'sixpn_edge_machine_load{app="web",machine="m1",type="requests"} 6' in text
