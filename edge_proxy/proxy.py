@@ -90,13 +90,18 @@ class EdgeProxy:
         self.table = RoutingTable(state, self.config.domain)
         self.pool.retain({self.resolve(m) for app in self.table.apps.values() for m in app.machines if m.started})
 
-    def candidates(self, app: AppRoute) -> list[Candidate]:
+    def candidates(self, app: AppRoute, own: str | None = None) -> list[Candidate]:
+        """`own`: the machine this client connection already counts on (connections mode): not counted twice."""
         conc = app.concurrency
+        kind = conc.type
         out = []
         for m in app.machines:
+            load = self.load.load(m.id, kind)
+            if own == m.id and kind == "connections":
+                load -= 1
             out.append(Candidate(
                 id=m.id, region=m.region, host=m.host, rtt_ms=self.rtt.rtt(m.host),
-                load=self.load.load(m.id, conc.type), soft_limit=conc.soft_limit, hard_limit=conc.hard_limit,
+                load=load, soft_limit=conc.soft_limit, hard_limit=conc.hard_limit,
                 healthy=self.health.healthy(m.id), started=m.started,
             ))
         return out
@@ -136,7 +141,7 @@ class EdgeProxy:
             current = steer if not tried else Steering(
                 steer.prefer_region, steer.force_region, steer.prefer_instance, steer.force_instance,
                 steer.exclude | tried)
-            decision = self.chooser.choose(self.candidates(app), current)
+            decision = self.chooser.choose(self.candidates(app, ex.conn.state.get("machine")), current)
             machine = await self._decide(app, decision, deadline)
             if machine is None:
                 continue  # capacity freed: choose again

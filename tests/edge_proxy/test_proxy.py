@@ -278,3 +278,19 @@ async def test_dead_pooled_connection_retried_on_same_machine(tmp_path: Path) ->
         assert r.status == 200 and r.json()["machine"] == "gru1"
         assert lab.service.proxy.health.healthy(lab.machines["gru1"])  # not marked down for a stale socket
         assert lab.service.proxy.pool.connects == 2
+
+
+@aio
+async def test_connections_mode_keep_alive_does_not_block_itself(tmp_path: Path) -> None:
+    config = {"app": "web", "http_service": {"internal_port": 8080, "concurrency": {
+        "type": "connections", "soft_limit": 1, "hard_limit": 1}}}
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, app_config=config, queue_timeout=0.3) as lab:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lab.port)
+        for _ in range(3):
+            writer.write(b"GET / HTTP/1.1\r\nHost: web.sixpn.test\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            await reader.readuntil(b"}")
+        # A second client connection finds the machine at its hard limit: queued, then 503.
+        r = await request(lab.port)
+        assert r.status == 503 and r.header("fly-proxy-error") == "PR03"
+        writer.close()
