@@ -236,6 +236,15 @@ async def forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers
     Raises UpstreamError: `connect=True` when no connection could be made, `sent` when request bytes may
     have reached the upstream. Once the response started, failures cut the client connection instead.
     """
+    try:
+        return await _forward(ex, pool, key, headers, tee, on_head, timeouts)
+    finally:
+        ex.pause_client(False)  # a pause from this upstream's full send buffer must not outlive the exchange
+        ex.on_client_writable(None)
+
+
+async def _forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers, tee: BodyTee,
+                   on_head: Callable[[h.ResponseHead], bool], timeouts: Timeouts) -> ForwardResult:
     pooled = pool.take_idle(key)  # the common case, without a coroutine round trip
     if pooled is not None:
         conn, reused, connect_time = pooled, True, 0.0

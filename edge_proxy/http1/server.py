@@ -375,6 +375,8 @@ class ServerConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._body_seen = time.monotonic() if head.has_body else 0.0
         ex = Exchange(self, head)
+        if upgrade:
+            ex.close_after = True  # after a refused Upgrade the bytes that follow are not HTTP: close
         self._parsing = ex
         if self._current is None:
             self._disarm()

@@ -30,6 +30,7 @@ class Backend:
     replay: str = ""  # answer every request with this fly-replay value
     status: int = 200
     fail_next: int = 0  # close this many connections without answering
+    refuse_upgrade: bool = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -48,7 +49,7 @@ class Backend:
             self.fail_next -= 1
             ex.abort()
             return
-        if ex.head.upgrade:
+        if ex.head.upgrade and not self.refuse_upgrade:
             ex.start(101, [(b"connection", b"upgrade"), (b"upgrade", ex.head.upgrade)], length=None, no_body=True)
             ex.tunnel(ex.write_raw, lambda: None)  # echo whatever comes
             return

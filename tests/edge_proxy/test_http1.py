@@ -302,3 +302,14 @@ async def test_stalled_upload_is_cut_and_never_completes_upstream(tmp_path: Path
         writer.close()
         for ex in lab.backends["gru1"].seen:  # the machine saw at most an aborted body
             assert ex.body.error is not None or not ex.body.done
+
+
+@aio
+async def test_refused_upgrade_answers_then_closes(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, ONE) as lab:
+        lab.backends["gru1"].refuse_upgrade = True
+        reader, writer = await asyncio.open_connection("127.0.0.1", lab.port)
+        writer.write(b"GET /ws HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 5)  # the whole response, then EOF
+        assert data.startswith(b"HTTP/1.1 200") and b"connection: close" in data.lower()
+        writer.close()
