@@ -217,6 +217,22 @@ def test_no_private_key_in_logs_or_command_lines(world: World) -> None:
         assert all(secret not in snap for snap in world.cmdlines)
 
 
+def wait_renewed(world: World) -> None:
+    """Until wb's new interface has a handshake with wa while no machine sends anything: only the agent's
+    session renewal can have started it (wa still holds the old session and has no reason to)."""
+    mesh = world.mesh
+    key = mesh.cat.host("wa").public_key
+    deadline = time.monotonic() + 15
+    while True:
+        done = mesh.run(mesh.ns("wb"), "wg", "show", mesh.ifname("wb"), "latest-handshakes", check=False)
+        stamps = dict(line.split("\t") for line in done.stdout.splitlines()) if done.returncode == 0 else {}
+        if stamps.get(key, "0") != "0":
+            return
+        assert mesh.agents["wb"].poll() is None, "the agent died"
+        assert time.monotonic() < deadline, "no fresh handshake with wa after the restart"
+        time.sleep(0.05)
+
+
 def test_wireguard_go_death_is_healed(world: World) -> None:
     mesh = world.mesh
     ifname = mesh.ifname("wb")
@@ -231,8 +247,26 @@ def test_wireguard_go_death_is_healed(world: World) -> None:
             break
         assert time.monotonic() < deadline, "interface not rebuilt"
         time.sleep(0.1)
-    assert ping(world, world.a1, world.b1.address)
+    wait_renewed(world)
+    # The first packet already gets through: the agent renewed the session wa still held with the dead one.
+    assert ping(world, world.a1, world.b1.address, count=1)
     assert mesh.agents["wb"].poll() is None
+
+
+def test_agent_restart_takes_its_interface_down_and_back(world: World) -> None:
+    mesh = world.mesh
+    assert ping(world, world.a1, world.b1.address, count=1)
+    agent = mesh.agents["wb"]
+    agent.kill()
+    agent.wait()
+    deadline = time.monotonic() + 10
+    # wireguard-go dies with its agent (PR_SET_PDEATHSIG), taking the interface with it.
+    while mesh.run(mesh.ns("wb"), "ip", "link", "show", mesh.ifname("wb"), check=False).returncode == 0:
+        assert time.monotonic() < deadline, "interface outlived its agent"
+        time.sleep(0.05)
+    mesh.start_agent("wb")
+    wait_renewed(world)
+    assert ping(world, world.a1, world.b1.address, count=1)
 
 
 def test_resync_without_changes_applies_nothing(world: World) -> None:
