@@ -38,6 +38,7 @@ class ProxyConfig:
     access_log: str = "-"  # "-" = stderr, "" = off, else a file path
     drain_timeout: float = 30.0
     pool_max_per_machine: int = 256
+    max_connections: int = 10000  # client connections per worker; more are closed at once
     name: str = "sixpn-edge"  # Server and Via name
 
 

@@ -8,6 +8,7 @@ Proxy-originated errors carry `fly-proxy-error: <code>` and the same code in the
     PR07 request not replayable       PR08 too many replays / bad fly-replay
     PR09 forced region/instance unavailable
     PH01 malformed request (400)      PH02 head too large (431)       PH03 head timeout (408)
+    PH04 connection refused: the worker is at max_connections (logged and counted, no response)
 """
 
 from __future__ import annotations
@@ -275,6 +276,11 @@ class EdgeProxy:
             self.load.add(self.load.connections, machine, -1)
 
     def connection_opened(self, conn: ServerConnection) -> None:
+        if len(self.connections) >= self.config.max_connections:
+            # Bounded per worker: a flood of connections cannot exhaust memory or file descriptors.
+            self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH04")
+            conn.abort()
+            return
         self.connections.add(conn)
         conn.on_reject = self._rejected
 

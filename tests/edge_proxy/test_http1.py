@@ -313,3 +313,22 @@ async def test_refused_upgrade_answers_then_closes(tmp_path: Path) -> None:
         data = await asyncio.wait_for(reader.read(), 5)  # the whole response, then EOF
         assert data.startswith(b"HTTP/1.1 200") and b"connection: close" in data.lower()
         writer.close()
+
+
+@aio
+async def test_connection_limit(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, ONE, max_connections=2) as lab:
+        held = [await asyncio.open_connection("127.0.0.1", lab.port) for _ in range(2)]
+        for _ in range(100):
+            if len(lab.service.proxy.connections) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert await raw(lab.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n") == b""  # closed at once
+        for _, writer in held:
+            writer.close()
+        for _ in range(100):
+            if not lab.service.proxy.connections:
+                break
+            await asyncio.sleep(0.01)
+        reply = await raw(lab.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200")
