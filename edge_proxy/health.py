@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -96,14 +97,22 @@ class LoadBook:
 
 
 class RttBook:
-    """RTT from this edge to each worker host: an EWMA of measured TCP connect times, seeded by the matrix."""
+    """RTT from this edge to each worker host, from measured TCP connect times, seeded by the region matrix.
 
-    def __init__(self, seed: Callable[[str], float], alpha: float = 0.3, measure: bool = True) -> None:
+    The estimate is the EWMA (weight `alpha`) of a windowed minimum (the last `window` samples): the minimum
+    tracks the path's propagation delay the way BBR's min-RTT filter does, so a burst of queueing or CPU delay
+    on one connect does not move a host between routing tiers; the EWMA smooths the window sliding.
+    """
+
+    def __init__(self, seed: Callable[[str], float], alpha: float = 0.5, measure: bool = True,
+                 window: int = 8) -> None:
         self.seed = seed
         self.alpha = alpha
         self.measure = measure
+        self.window = window
         self.ms: dict[str, float] = {}
         self.samples: dict[str, int] = {}
+        self._recent: dict[str, deque[float]] = {}
 
     def rtt(self, host: str) -> float:
         if host not in self.ms:
@@ -113,12 +122,14 @@ class RttBook:
     def sample(self, host: str, seconds: float) -> None:
         if not self.measure:
             return
-        value = seconds * 1000.0
+        recent = self._recent.setdefault(host, deque(maxlen=self.window))
+        recent.append(seconds * 1000.0)
+        floor = min(recent)
         self.samples[host] = self.samples.get(host, 0) + 1
         if self.samples[host] == 1:
-            self.ms[host] = value
+            self.ms[host] = floor
         else:
-            self.ms[host] = (1 - self.alpha) * self.rtt(host) + self.alpha * value
+            self.ms[host] = (1 - self.alpha) * self.rtt(host) + self.alpha * floor
 
 
 @dataclass

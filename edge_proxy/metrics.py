@@ -22,7 +22,7 @@ HELP = {
     "sixpn_edge_request_seconds": ("histogram", "Request duration at the edge, by app."),
     "sixpn_edge_machine_load": ("gauge", "Load counted by the proxy per machine (requests or connections)."),
     "sixpn_edge_machine_healthy": ("gauge", "1 when the machine is routable from this edge."),
-    "sixpn_edge_host_rtt_ms": ("gauge", "RTT from this edge to a worker host (EWMA of TCP connect times)."),
+    "sixpn_edge_host_rtt_ms": ("gauge", "RTT from this edge to a worker host (windowed-min TCP connect times)."),
     "sixpn_edge_host_rtt_samples": ("gauge", "Connect-time samples behind sixpn_edge_host_rtt_ms (0 = matrix seed)."),
     "sixpn_edge_open_connections": ("gauge", "Client connections open on this edge."),
 }

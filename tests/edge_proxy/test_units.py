@@ -74,12 +74,15 @@ def test_health_book_passive_and_active() -> None:
 
 
 def test_rtt_book_seeds_then_measures() -> None:
-    book = RttBook(lambda host: 175.0, alpha=0.5)
+    book = RttBook(lambda host: 175.0, alpha=0.5, window=3)
     assert book.rtt("w") == 175.0
     book.sample("w", 0.010)
     assert book.rtt("w") == pytest.approx(10.0)
-    book.sample("w", 0.020)
-    assert book.rtt("w") == pytest.approx(15.0)
+    book.sample("w", 0.200)  # one slow connect (queueing, CPU) does not move the estimate
+    assert book.rtt("w") == pytest.approx(10.0)
+    for _ in range(3):  # the path really got slower: the window forgets the old minimum
+        book.sample("w", 0.030)
+    assert book.rtt("w") > 20.0
     frozen = RttBook(lambda host: 8.0, measure=False)
     frozen.sample("w", 1.0)
     assert frozen.rtt("w") == 8.0
