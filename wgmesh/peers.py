@@ -94,6 +94,15 @@ def _config(cat: Catalog, peer: Peer, gateway: Host, private_key: str | None) ->
     ))
 
 
+def _check_key_unused(cat: Catalog, public_key: str) -> None:
+    """A public key names exactly one peer on a WireGuard interface: one already used by a host or another
+    laptop would take over (or lose) that peer's traffic."""
+    state = cat.snapshot()
+    if any(h.public_key == public_key for h in state.hosts.values()) or any(
+            p.public_key == public_key for p in state.peers.values()):
+        raise MeshError("that public key is already in use by another peer or host")
+
+
 def _gateway_ready(gateway: Host) -> None:
     if not gateway.public_key:
         raise MeshError(f"gateway {gateway.name} has no WireGuard key yet (is its mesh agent running?)")
@@ -114,6 +123,7 @@ def create(cat: Catalog, org: str, region: str | None = None, name: str | None =
     if file is not None:
         check_file(file)
     pair = keys.KeyPair(public=keys.check_public_key(public_key)) if public_key else keys.generate()
+    _check_key_unused(cat, pair.public)
     gateway = choose_gateway(cat, cat.snapshot(), region)
     _gateway_ready(gateway)
     peer = cat.create_peer(org, name, gateway.name, pair.public, network)
@@ -158,6 +168,7 @@ def reset(cat: Catalog, org: str, name: str, file: Path | None = None, public_ke
     if file is not None:
         check_file(file)
     pair = keys.KeyPair(public=keys.check_public_key(public_key)) if public_key else keys.generate()
+    _check_key_unused(cat, pair.public)
     gateway = cat.host(peer.host)
     _gateway_ready(gateway)
     old_key = peer.public_key

@@ -172,3 +172,10 @@ def test_roaming_laptop_endpoint_is_not_a_change(world: World) -> None:
     roamed = {**wg.peers, laptop.public: ObservedPeer(laptop.public, "203.0.113.9:40000", peer.allowed_ips, 0)}
     want = compute(world.cat.snapshot(), "gw-gru", world.keys["gw-gru"].public)
     assert plan(want, ObservedWg(wg.public_key, wg.listen_port, roamed), net) == []
+
+
+def test_laptop_row_carrying_a_host_key_cannot_shadow_the_host(world: World) -> None:
+    world.cat.create_peer("acme", "mallory", "gw-gru", world.keys["worker-gru"].public)
+    want = compute(world.cat.snapshot(), "gw-gru", world.keys["gw-gru"].public)
+    spec = want.peers[world.keys["worker-gru"].public]
+    assert spec.label == "worker-gru" and spec.endpoint == "192.0.2.1:51820"

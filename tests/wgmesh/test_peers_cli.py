@@ -156,3 +156,16 @@ def test_mesh_status_shows_applied_versions(world: World, agents: None, capsys: 
     rows = {r["host"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["gw-gru"]["applied"] is not None and rows["gw-gru"]["keyed"]
     assert rows["worker-gru"]["applied"] is None and rows["worker-gru"]["behind"] is None
+
+
+def test_public_key_of_a_host_or_peer_is_refused(world: World, agents: None,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    gw_key = world.keys["gw-gru"].public
+    assert sixpn(world, "wg", "create", "acme", "gru", "mallory", "--public-key", gw_key) == 1
+    assert "already in use" in capsys.readouterr().err
+    assert sixpn(world, "wg", "create", "acme", "gru", "alice") == 0
+    alice = world.cat.peer("alice").public_key
+    assert sixpn(world, "wg", "create", "globex", "gru", "eve", "--public-key", alice) == 1
+    assert sixpn(world, "wg", "reset", "acme", "alice", "--public-key", gw_key) == 1
+    assert world.cat.peer("alice").public_key == alice
+    assert "mallory" not in world.cat.snapshot().peers and "eve" not in world.cat.snapshot().peers
