@@ -3,11 +3,12 @@
 - `head`: `RequestHead`/`ResponseHead`, framing rules (RFC 9112 §6.3: CL+TE, duplicate CL, TE in 1.0 → 400),
   Host validation, hop-by-hop stripping (RFC 9110 §7.6.1), serialization, chunk encoding. Pure.
 - `body.Body`: a request body stream with back-pressure (`attach` for callbacks, `await read()` to pull).
-- `server.ServerConnection` / `server.Exchange`: the client-facing Protocol. `ServerConnection(handler, limits)`
+- `server.ServerConnection` / `exchange.Exchange`: the client-facing Protocol. `ServerConnection(handler, limits)`
   calls `await handler(exchange)` per request, in order; the handler answers with `ex.respond(...)`,
   `ex.start/write/end`, or hands the exchange to `forward`. Malformed requests are answered 400/431/408 with a
   `fly-proxy-error` code and never reach the handler.
 - `client.UpstreamConnection` / `client.UpstreamPool`: bounded keep-alive pool per (host, port).
+- `sweeper`: head/idle/body timeouts of all connections checked by one timer per loop.
 - `forward.forward(ex, pool, key, headers, tee, on_head=..., timeouts=...)`: streams one request and its
   response (chunked/length/close framing, 100-continue, Upgrade tunnels, back-pressure both ways).
   `forward.BodyTee` keeps the body (≤ limit) for retries and fly-replay.

@@ -18,191 +18,26 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
 
 from edge_proxy.errors import HttpError
 from edge_proxy.http1 import head as h
-from edge_proxy.http1.body import Body, BodyError
+from edge_proxy.http1.body import BodyError
+from edge_proxy.http1.exchange import Exchange, ServerLimits, error_response
 from edge_proxy.http1.head import set_nodelay
+from edge_proxy.http1.sweeper import sweeper
 
 log = logging.getLogger("edge_proxy.http1")
+__all__ = ["Exchange", "Handler", "ServerConnection", "ServerLimits", "error_response"]
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    max_head_bytes: int = 32 * 1024  # request line + headers; beyond it: 431 (RFC 6585 §5)
-    max_headers: int = 100
-    header_timeout: float = 10.0  # from the first byte of a request to the end of its head
-    idle_timeout: float = 60.0  # keep-alive wait for the next request
-    body_high_water: int = 256 * 1024  # request body bytes held before reading pauses
-    body_timeout: float = 60.0  # longest silence inside a request body before the connection is cut
-    write_high_water: int = 256 * 1024  # response bytes queued before the producer is paused
-
-
-Handler = Callable[["Exchange"], Awaitable[None]]
+Handler = Callable[[Exchange], Awaitable[None]]
 #: Fields whose presence changes how the head is read (framing, Expect): noted while parsing.
 _NOTED = frozenset({b"content-length", b"transfer-encoding", b"expect"})
-
-
-def error_response(exc: HttpError, extra: h.Headers | None = None) -> tuple[int, h.Headers, bytes]:
-    body = f"{exc.status} {exc.code}: {exc.detail}\n".encode()
-    headers: h.Headers = [(b"content-type", b"text/plain; charset=utf-8"),
-                          (b"fly-proxy-error", exc.code.encode()), *(extra or [])]
-    return exc.status, headers, body
-
-
-class Exchange:
-    """One request and its response on a client connection."""
-
-    def __init__(self, conn: ServerConnection, head: h.RequestHead) -> None:
-        self.conn = conn
-        self.head = head
-        self.body = Body(conn._body_pressure, conn.limits.body_high_water)
-        self.started = False  # response head sent
-        self.finished = False  # response complete
-        self.status = 0
-        self.sent_bytes = 0
-        self.close_after = not head.keep_alive
-        self.error_code = ""
-        self.dispatched = False  # the handler has started running
-        self.state: dict[str, Any] = {}
-        self._chunked = False
-        self._held = b""
-        self._tunnel_sink: Callable[[bytes], None] | None = None
-        self._tunnel_close: Callable[[], None] | None = None
-
-    # -- what a handler reads --------------------------------------------------------------------
-
-    @property
-    def client_addr(self) -> tuple[str, int]:
-        return self.conn.peer
-
-    @property
-    def local_port(self) -> int:
-        return self.conn.local_port
-
-    @property
-    def scheme(self) -> str:
-        return self.conn.scheme
-
-    @property
-    def client_gone(self) -> bool:
-        return self.conn.closed
-
-    # -- responding -------------------------------------------------------------------------------
-
-    def respond(self, status: int, headers: h.Headers, body: bytes = b"", *, code: str = "") -> None:
-        """A complete response with a Content-Length."""
-        if code:
-            self.error_code = code
-        no_body = self.head.method == b"HEAD" or status in (204, 304) or status < 200
-        self.start(status, [*headers, (b"content-length", str(len(body)).encode())], length=len(body),
-                   no_body=True, defer=True)
-        if body and not no_body:
-            self._write(body)
-        self.end()
-
-    def respond_error(self, exc: HttpError, extra: h.Headers | None = None) -> None:
-        status, headers, body = error_response(exc, extra)
-        self.respond(status, headers, body, code=exc.code)
-
-    def send_continue(self) -> None:
-        """`100 Continue` (RFC 9110 §10.1.1) when the client asked and no response started yet."""
-        if self.head.expect_continue and not self.started and not self.body.received:
-            self.head.expect_continue = False
-            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def start(self, status: int, headers: h.Headers, *, length: int | None, no_body: bool = False,
-              reason: bytes = b"", defer: bool = False) -> None:
-        """Send the response head. `headers` carry no framing fields unless `no_body`; `length` None means
-        unknown: chunked to an HTTP/1.1 client, close-delimited to HTTP/1.0 (RFC 9112 §6.3)."""
-        if self.started:
-            raise RuntimeError("response already started")
-        self.started = True
-        self.status = status
-        out = headers
-        if status == 101:
-            self.close_after = True
-        elif not no_body:
-            if length is not None:
-                out = [*out, (b"content-length", str(length).encode())]
-            elif self.head.version == b"1.1":
-                self._chunked = True
-                out = [*out, (b"transfer-encoding", b"chunked")]
-            else:
-                self.close_after = True
-        if self.conn.draining:
-            self.close_after = True
-        if status != 101:
-            if self.close_after:
-                out = [*out, (b"connection", b"close")]
-            elif self.head.version == b"1.0":
-                out = [*out, (b"connection", b"keep-alive")]
-        head = h.serialize_response(status, out, reason)
-        if defer:
-            self._held = head  # sent with the first body bytes or by flush(): one write for small responses
-        else:
-            self.conn.write(head)
-
-    def flush(self) -> None:
-        """Send a response head held back by `start(defer=True)`."""
-        if self._held:
-            held, self._held = self._held, b""
-            self.conn.write(held)
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self._write(h.chunk(data) if self._chunked else data)
-
-    def _write(self, data: bytes) -> None:
-        self.sent_bytes += len(data)
-        if self._held:
-            data, self._held = self._held + data, b""
-        self.conn.write(data)
-
-    def end(self) -> None:
-        if self.finished:
-            return
-        if self._chunked:
-            self._write(h.LAST_CHUNK)
-        else:
-            self.flush()
-        self.finished = True
-
-    def abort(self) -> None:
-        """Cut the connection: the response cannot be completed correctly."""
-        self.finished = True
-        self.close_after = True
-        self.conn.abort()
-
-    async def drain(self) -> None:
-        await self.conn.drain()
-
-    def on_client_writable(self, listener: Callable[[bool], None] | None) -> None:
-        """`listener(False)` when the client's send buffer is full, `listener(True)` when it drained."""
-        self.conn.write_listener = listener
-
-    # -- Upgrade tunnelling (RFC 9110 §7.8) ------------------------------------------------------------
-
-    def tunnel(self, on_data: Callable[[bytes], None], on_close: Callable[[], None]) -> None:
-        """After a 101 was sent: raw client bytes go to `on_data`; `write_raw` sends raw bytes back."""
-        self._tunnel_sink, self._tunnel_close = on_data, on_close
-        self.finished = True  # the HTTP exchange is over; the connection now belongs to the tunnel
-        self.conn.start_tunnel(self)
-
-    def write_raw(self, data: bytes) -> None:
-        self.sent_bytes += len(data)
-        self.conn.write(data)
-
-    def pause_client(self, paused: bool) -> None:
-        """Stop/start reading the client socket (back-pressure from a slow upstream)."""
-        self.conn.set_paused("upstream", paused)
 
 
 class ServerConnection(asyncio.Protocol):
@@ -266,7 +101,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._disarm()
-        _sweeper(self._loop).discard(self)
+        sweeper(self._loop).discard(self)
         gone = BodyError("client closed the connection")
         for ex in (self._current, self._parsing, *self._pending):
             if ex is not None:
@@ -526,7 +361,7 @@ class ServerConnection(asyncio.Protocol):
         self._deadline = time.monotonic() + delay
         if not self._swept:
             self._swept = True
-            _sweeper(self._loop).add(self)
+            sweeper(self._loop).add(self)
 
     def _disarm(self) -> None:
         self._deadline = 0.0
@@ -568,46 +403,3 @@ class ServerConnection(asyncio.Protocol):
         self.draining = True
         if self.idle:
             self.close()
-
-
-SWEEP = 0.1
-
-
-class _Sweeper:
-    """Fires the head/idle timeouts of every connection on one loop, SWEEP seconds apart."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.conns: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
-        self.handle: asyncio.TimerHandle | None = None
-
-    def add(self, conn: ServerConnection) -> None:
-        self.conns.add(conn)
-        if self.handle is None:
-            self.handle = self.loop.call_later(SWEEP, self.sweep)
-
-    def discard(self, conn: ServerConnection) -> None:
-        self.conns.discard(conn)
-
-    def sweep(self) -> None:
-        self.handle = None
-        now = time.monotonic()
-        for conn in list(self.conns):
-            if conn.closed:
-                self.conns.discard(conn)
-            elif conn._deadline and conn._deadline <= now:
-                conn._timeout()
-            else:
-                conn._check_body(now)
-        if self.conns and not self.loop.is_closed():
-            self.handle = self.loop.call_later(SWEEP, self.sweep)
-
-
-_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = weakref.WeakKeyDictionary()
-
-
-def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
-    sweeper = _SWEEPERS.get(loop)
-    if sweeper is None:
-        sweeper = _SWEEPERS[loop] = _Sweeper(loop)
-    return sweeper
