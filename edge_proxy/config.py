@@ -22,6 +22,7 @@ class ProxyConfig:
     listen: tuple[str, ...] = ("0.0.0.0:80",)
     tls_listen: tuple[str, ...] = ()
     cert_dir: str = ""  # <hostname>.crt + <hostname>.key pairs, chosen by SNI
+    http2: bool = True  # offer h2 in ALPN on TLS listeners
     metrics_listen: str = "127.0.0.1:9091"  # GET /metrics; "" = off. Best effort: a busy port is logged
     upstream_override: tuple[tuple[str, str], ...] = ()  # (machine id or 6PN address, "host:port")
     workers: int = 1

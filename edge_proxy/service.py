@@ -22,6 +22,7 @@ import uvloop
 
 from catalog import Catalog, Follower, NotFound, State
 from edge_proxy.config import ConfigError, ProxyConfig, parse_hostport
+from edge_proxy.h2server import AlpnDispatch, H2Server
 from edge_proxy.health import Checker
 from edge_proxy.http1.server import Exchange, ServerConnection, ServerLimits
 from edge_proxy.metrics import Metrics
@@ -92,13 +93,19 @@ class EdgeService:
         self.proxy.update(state)
         self.checker.table = self.proxy.table
 
-    def _factory(self, scheme: str) -> Callable[[], ServerConnection]:
+    def _factory(self, scheme: str) -> Callable[[], asyncio.Protocol]:
         handler: Callable[[Exchange], Awaitable[None]] = self.proxy.handle
 
         def make() -> ServerConnection:
             return ServerConnection(handler, self.limits, scheme=scheme, on_open=self.proxy.connection_opened,
                                     on_close=self.proxy.connection_closed)
 
+        def make_h2() -> ServerConnection:
+            return H2Server(handler, self.limits, scheme=scheme, on_open=self.proxy.connection_opened,
+                            on_close=self.proxy.connection_closed)
+
+        if scheme == "https" and self.config.http2:
+            return lambda: AlpnDispatch(make, make_h2)
         return make
 
     async def start(self, sockets: list[tuple[socket.socket, bool]] | None = None) -> None:
@@ -108,7 +115,7 @@ class EdgeService:
         if sockets is None:
             sockets = [(bind(a, reuse), False) for a in self.config.listen]
             sockets += [(bind(a, reuse), True) for a in self.config.tls_listen]
-        ssl_ctx = load_sni_context(self.config.cert_dir) if any(tls for _, tls in sockets) else None
+        ssl_ctx = load_sni_context(self.config.cert_dir, self.config.http2) if any(tls for _, tls in sockets) else None
         for sock, tls in sockets:
             server = await loop.create_server(self._factory("https" if tls else "http"), sock=sock,
                                               ssl=ssl_ctx if tls else None, backlog=1024)

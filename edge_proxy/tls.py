@@ -1,5 +1,5 @@
-"""TLS termination: one certificate per hostname chosen by SNI (RFC 6066 §3), TLS 1.2 and 1.3, and a
-self-signed certificate maker for the lab.
+"""TLS termination: one certificate per hostname chosen by SNI (RFC 6066 §3), TLS 1.2 and 1.3, ALPN h2 +
+http/1.1, and a self-signed certificate maker for the lab.
 
 A certificate directory holds `<hostname>.crt` + `<hostname>.key` (PEM). A name without its own pair falls
 back to a wildcard `*.<parent>` pair, then to `default.crt`/`default.key`, then to the first pair found.
@@ -20,13 +20,13 @@ class TlsError(EdgeProxyError):
     pass
 
 
-def _context(cert: Path, key: Path) -> ssl.SSLContext:
+def _context(cert: Path, key: Path, http2: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.options |= ssl.OP_NO_COMPRESSION
-    # Only HTTP/1.1 is served: HTTP/2 is not offered in ALPN, so clients never pick it.
-    ctx.set_alpn_protocols(["http/1.1"])
+    # ALPN (RFC 7301): h2 first when enabled (RFC 9113 §3.2), else HTTP/1.1 only.
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
@@ -34,13 +34,13 @@ def _context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-def load_sni_context(cert_dir: str | Path) -> ssl.SSLContext:
+def load_sni_context(cert_dir: str | Path, http2: bool = False) -> ssl.SSLContext:
     """A server context whose certificate follows the client's SNI name."""
     directory = Path(cert_dir)
     pairs = sorted(p for p in directory.glob("*.crt") if p.with_suffix(".key").exists())
     if not pairs:
         raise TlsError(f"{directory}: no <hostname>.crt + <hostname>.key pairs")
-    contexts = {p.stem.lower(): _context(p, p.with_suffix(".key")) for p in pairs}
+    contexts = {p.stem.lower(): _context(p, p.with_suffix(".key"), http2) for p in pairs}
     default = contexts.get("default") or contexts[pairs[0].stem.lower()]
 
     def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:

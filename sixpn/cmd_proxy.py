@@ -20,6 +20,7 @@ def register(cli: Registry) -> None:
     serve.add_argument("--listen", action="append", metavar="ADDR:PORT", help="plain HTTP listener (repeatable)")
     serve.add_argument("--tls-listen", action="append", metavar="ADDR:PORT", help="HTTPS listener (repeatable)")
     serve.add_argument("--cert-dir", type=Path, help="directory of <hostname>.crt/.key pairs for TLS (SNI)")
+    serve.add_argument("--no-http2", action="store_true", help="offer only HTTP/1.1 in ALPN on TLS listeners")
     serve.add_argument("--domain", help="app domain: <app>.<domain> (default sixpn.test)")
     serve.add_argument("--metrics", metavar="ADDR:PORT",
                        help="Prometheus metrics at http://ADDR:PORT/metrics (default 127.0.0.1:9091; 'off')")
@@ -49,6 +50,8 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         overrides["access_log"] = "" if args.access_log == "off" else args.access_log
     if args.static_rtt:
         overrides["measure_rtt"] = False
+    if args.no_http2:
+        overrides["http2"] = False
     if args.upstream_override:
         pairs = []
         for item in args.upstream_override:

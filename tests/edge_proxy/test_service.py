@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -139,3 +141,48 @@ def test_config_loading() -> None:
     assert parse_hostport(":81") == ("0.0.0.0", 81)
     with pytest.raises(ConfigError):
         parse_hostport("a:b")
+
+
+async def curl(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec("curl", "-sS", "-m", "10", *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
+@aio
+async def test_http2_over_tls(tmp_path: Path) -> None:
+    from tests.edge_proxy.harness import edge_lab
+
+    certs = tmp_path / "certs"
+    make_self_signed("web.sixpn.test", certs)
+    async with edge_lab(tmp_path, {"w": ("web", "gru")}, tls_listen=("127.0.0.1:0",), cert_dir=str(certs)) as lab:
+        port = lab.service.addresses[1][1]
+        base = ["--cacert", str(certs / "web.sixpn.test.crt"), "--resolve", f"web.sixpn.test:{port}:127.0.0.1"]
+        url = f"https://web.sixpn.test:{port}"
+        code, out, err = await curl("--http2", *base, "-w", "\\n%{http_version} %{http_code}", f"{url}/")
+        assert code == 0, err
+        body, _, meta = out.rpartition("\n")
+        assert meta == "2 200"
+        sent = dict(json.loads(body)["headers"])
+        assert sent["host"] == f"web.sixpn.test:{port}" and sent["x-forwarded-proto"] == "https"
+        # A body up, a streamed body down, and two streams on one connection.
+        code, out, err = await curl("--http2", *base, "--data-binary", "x" * 100_000, f"{url}/echo")
+        assert code == 0 and json.loads(out)["body_len"] == 100_000, err
+        fmt = "%{http_version} %{http_code} %{num_connects}\\n"
+        code, out, err = await curl("--http2", *base, f"{url}/stream", f"{url}/big", "-o", "/dev/null",
+                                    "-o", str(tmp_path / "big"), "-w", fmt)
+        assert code == 0, err
+        assert out.splitlines() == ["2 200 1", "2 200 0"]  # the second transfer reused the connection
+        assert (tmp_path / "big").stat().st_size == 64 * 1024 * 1024
+        # Concurrent streams multiplexed on one connection.
+        urls = [f"{url}/stream", f"{url}/", f"{url}/", f"{url}/stream"]
+        outs = [arg for _ in urls for arg in ("-o", "/dev/null")]
+        code, out, err = await curl("--http2", *base, "-Z", "--parallel-max", "4", *urls, *outs, "-w", fmt)
+        assert code == 0, err
+        rows = [line.split() for line in out.splitlines()]
+        assert [r[:2] for r in rows] == [["2", "200"]] * 4 and sum(int(r[2]) for r in rows) == 1, out
+        # HTTP/1.1 over TLS is still there for clients that do not offer h2.
+        code, out, err = await curl("--http1.1", *base, "-w", "\\n%{http_version}", f"{url}/")
+        assert code == 0 and out.endswith("\n1.1"), err
