@@ -27,6 +27,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import H2Error
+from hyperframe.frame import GoAwayFrame
 
 from edge_proxy.errors import HttpError
 from edge_proxy.http1 import head as h
@@ -50,6 +51,7 @@ class H2Exchange(Exchange):
         self.listener: Callable[[bool], None] | None = None
         self.blocked = False
         self.reset = False
+        self.handler_done = False
 
     def start(self, status: int, headers: h.Headers, *, length: int | None, no_body: bool = False,
               reason: bytes = b"", defer: bool = False) -> None:
@@ -173,9 +175,13 @@ class H2Server(ServerConnection):
             ex = self.streams.get(event.stream_id or 0)
             if ex is not None:
                 ex.reset = True
+                ex.pending.clear()
+                ex.end_pending = False
                 ex.body.fail(BodyError("stream reset by the client"))
                 if ex.listener is not None:
                     ex.listener(True)
+                if ex.handler_done:
+                    self._forget(ex)
         elif isinstance(event, WindowUpdated):
             targets = list(self.streams.values()) if not event.stream_id else \
                 [s for s in (self.streams.get(event.stream_id),) if s is not None]
@@ -218,16 +224,24 @@ class H2Server(ServerConnection):
         await self._run(ex)
 
     def _finish(self, ex: Exchange) -> None:
-        """Called by ServerConnection._run after the handler: the stream is over, the connection is not."""
+        """Called by ServerConnection._run after the handler. The stream lives on while response bytes still
+        wait for the client's window; it is forgotten once its last frame went out (or it was reset)."""
         assert isinstance(ex, H2Exchange)
         if not ex.finished:
             ex.abort()
-        self.streams.pop(ex.stream_id, None)
-        if self.draining and not self.streams:
-            self.close()
-        elif not self.streams:
-            self._arm(self.idle_timeout)
+        ex.handler_done = True
+        if ex.reset or (not ex.pending and not ex.end_pending):
+            self._forget(ex)
         self._flush()
+
+    def _forget(self, ex: H2Exchange) -> None:
+        self.streams.pop(ex.stream_id, None)
+        if self.streams:
+            return
+        if self.draining:
+            self.close()
+        else:
+            self._arm(self.idle_timeout)
 
     def _timeout(self) -> None:
         self._deadline = 0.0
@@ -266,6 +280,8 @@ class H2Server(ServerConnection):
             if not ex.pending and ex.end_pending:
                 ex.end_pending = False
                 conn.end_stream(ex.stream_id)
+                if ex.handler_done:
+                    self._forget(ex)
         except H2Error as exc:
             log.debug("h2 send: %s", exc)
             self.reset_stream(ex)
@@ -282,6 +298,9 @@ class H2Server(ServerConnection):
             return
         ex.reset = True
         ex.pending.clear()
+        ex.end_pending = False
+        if ex.handler_done:
+            self._forget(ex)
         with contextlib.suppress(H2Error):
             self.conn.reset_stream(ex.stream_id)
         self._flush()
@@ -298,11 +317,17 @@ class H2Server(ServerConnection):
         return not self.streams
 
     def start_drain(self) -> None:
-        """GOAWAY (RFC 9113 §6.8): no new streams; close once the open ones finish."""
+        """GOAWAY (RFC 9113 §6.8): no new streams; close once the open ones finish.
+
+        h2's close_connection() would also stop the open streams, so the graceful GOAWAY is written as a raw
+        frame and the h2 state machine keeps running until the last stream ends.
+        """
         self.draining = True
-        with contextlib.suppress(H2Error):
-            self.conn.close_connection(last_stream_id=max(self.streams, default=0))
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = max(self.streams, default=0)
+        goaway.error_code = 0  # NO_ERROR
         self._flush()
+        self.write(goaway.serialize())
         if not self.streams:
             self.close()
 
