@@ -406,6 +406,7 @@ def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None) -> None
     (run_dir / "keys").mkdir(mode=0o700, exist_ok=True)
     (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text, "owner_pid": owner_pid}))
     system.run_batch(planmod.netns_lines(plan))
+    _laptop_resolv_views(plan)
     system.write_sysctls(plan.bb_ns, planmod.BACKBONE_SYSCTLS)
     for node in plan.nodes:
         system.write_sysctls(node.ns, planmod.HOST_SYSCTLS)
@@ -418,6 +419,19 @@ def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None) -> None
         Batch(planmod.anycast_lines(plan, choice), plan.bb_ns),
         *(Batch(planmod.node_lines(plan, node), node.ns) for node in plan.nodes),
     ])
+
+
+def _laptop_resolv_views(plan: Plan) -> None:
+    """Give each laptop its own /etc/resolv.conf view before anyone runs wg-quick there.
+
+    `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf only when the file exists;
+    without it, the resolvconf that wg-quick calls for its `DNS =` line would rewrite the machine's real one.
+    """
+    for node in plan.nodes:
+        if node.role == "laptop":
+            etc = ETC_NETNS / node.ns
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").write_text(f"# {node.name}: wg-quick's resolvconf writes here\n")
 
 
 def _write_delay_config(plan: Plan, run_dir: Path, choice: dict[str, planmod.Node | None]) -> None:

@@ -73,6 +73,8 @@ def test_two_labs_coexist_and_down_leaves_nothing(cleanup: list[str]) -> None:
     assert status["lab"] == A and status["supervisor_pid"]
     for lab in (lab_a, lab_b):
         assert lab.exec("client-gru", ["ping", "-c1", "-W2", "198.51.100.66"]).returncode == 0
+        # The laptop has its own resolv.conf view, so wg-quick's resolvconf never touches the real one.
+        assert (Path("/etc/netns") / lab.netns_of("laptop-alice") / "resolv.conf").is_file()
     out = sixpn("lab", "down", "--lab", A)
     assert out.returncode == 0, out.stderr
     assert traces(A) == []
