@@ -152,6 +152,8 @@ class EdgeProxy:
                 result = await self._forward(ex, app, machine, headers, tee, replays)
             except UpstreamError as exc:
                 if not await self._retryable(ex, exc, tee, stale_retry):
+                    if not exc.stale:
+                        self.health.mark_down(machine.id)  # it refused or reset: passive health (rule 5)
                     raise HttpError(502, "PR04", f"upstream {machine.id}: {exc}") from None
                 if exc.stale and not stale_retry:
                     # A pooled connection the machine had closed (it restarted, or timed it out): its other
