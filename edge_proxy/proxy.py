@@ -152,7 +152,7 @@ class EdgeProxy:
                 result = await self._forward(ex, app, machine, headers, tee, replays)
             except UpstreamError as exc:
                 if not await self._retryable(ex, exc, tee, stale_retry):
-                    if not exc.stale:
+                    if not exc.stale and not ex.client_gone and ex.body.error is None:
                         self.health.mark_down(machine.id)  # it refused or reset: passive health (rule 5)
                     raise HttpError(502, "PR04", f"upstream {machine.id}: {exc}") from None
                 if exc.stale and not stale_retry:

@@ -302,6 +302,7 @@ async def test_stalled_upload_is_cut_and_never_completes_upstream(tmp_path: Path
         writer.close()
         for ex in lab.backends["gru1"].seen:  # the machine saw at most an aborted body
             assert ex.body.error is not None or not ex.body.done
+        assert lab.service.proxy.health.healthy(lab.machines["gru1"])  # the client's fault, not the machine's
 
 
 @aio
