@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -83,6 +84,7 @@ def test_stopped_gru_machine_is_served_from_gig(lab: Lab, lab_app: Callable[...,
         Machines(lab).start(gru.id)
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
 def test_killed_machine_during_load_costs_no_failed_get(lab: Lab, lab_app: Callable[..., list[Machine]]) -> None:
     machines = lab_app("edgekill", count=2, regions=["gru"], config=WEB)
     get_json(lab, "client-gru", "edgekill")
