@@ -31,6 +31,7 @@ class Backend:
     status: int = 200
     fail_next: int = 0  # close this many connections without answering
     refuse_upgrade: bool = False
+    replay_first_only: bool = False  # do not replay a request that is itself a replay
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -53,7 +54,7 @@ class Backend:
             ex.start(101, [(b"connection", b"upgrade"), (b"upgrade", ex.head.upgrade)], length=None, no_body=True)
             ex.tunnel(ex.write_raw, lambda: None)  # echo whatever comes
             return
-        if self.replay:
+        if self.replay and not (self.replay_first_only and ex.head.header(b"fly-replay-src") is not None):
             ex.respond(200, [(b"fly-replay", self.replay.encode())], b"replaying")
             return
         if path == b"/stream":

@@ -294,3 +294,33 @@ async def test_connections_mode_keep_alive_does_not_block_itself(tmp_path: Path)
         r = await request(lab.port)
         assert r.status == 503 and r.header("fly-proxy-error") == "PR03"
         writer.close()
+
+
+@aio
+async def test_tcp_check_takes_a_dead_machine_out_without_traffic(tmp_path: Path) -> None:
+    config = {"app": "web", "http_service": {"internal_port": 8080, "tcp_checks": [
+        {"interval": "100ms", "timeout": "500ms"}]}}
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru"), "gig1": ("web", "gig")}, app_config=config) as lab:
+        await lab.backends["gru1"].stop()
+        for _ in range(100):
+            if not lab.service.proxy.health.healthy(lab.machines["gru1"]):
+                break
+            await asyncio.sleep(0.05)
+        assert not lab.service.proxy.health.healthy(lab.machines["gru1"])
+        assert lab.service.proxy.health.active[lab.machines["gru1"]] is False  # an active result, not passive
+        assert (await request(lab.port)).json()["machine"] == "gig1"
+
+
+@aio
+async def test_fly_replay_prefer_instance_falls_back(tmp_path: Path) -> None:
+    machines = {"gru1": ("web", "gru"), "gru2": ("web", "gru")}
+    async with edge_lab(tmp_path, machines) as lab:
+        # The preferred instance does not exist: the replay falls back to the normal choice and says so.
+        gru1 = lab.backends["gru1"]
+        gru1.replay, gru1.replay_first_only = "prefer_instance=00000000000000", True
+        r = await request(lab.port, headers={"fly-force-instance-id": lab.machines["gru1"]})
+        doc = r.json()
+        assert r.status == 200 and doc["machine"] in ("gru1", "gru2")
+        sent = dict(doc["headers"])
+        assert sent["fly-preferred-instance-unavailable"] == "true"
+        assert sent["fly-replay-src"].startswith(f"instance={lab.machines['gru1']};region=gru;")
