@@ -3,6 +3,7 @@
 1. A minimal upstream (uvloop, fixed 13-byte response) in its own process; the proxy (`sixpn litefs-proxy
    serve`) in another, its mount a temp dir that says "primary". `wrk` (2 threads, 50 connections, 5 s, keep-
    alive) hits the upstream directly, then through the proxy: reads without a cookie, LiteFS's common case.
+   Then 3,000 sequential requests on one connection each way: the added latency without queueing.
 2. First, on the fresh proxy: its CPU time (utime+stime from /proc, 10 ms ticks) over 4 s with 1,000 idle
    keep-alive connections (the baseline: what holding connections costs), then with 1,000 connections each
    waiting on a GET whose `__txid` is one ahead of the position; then the position moves once and all 1,000
@@ -91,6 +92,25 @@ def wrk(port: int) -> tuple[float, float]:
     return rps, p99
 
 
+def probe(port: int, count: int = 3000) -> tuple[float, float]:
+    """(p50 ms, p99 ms) of `count` sequential GETs on one keep-alive connection: the per-hop cost, unqueued."""
+    times = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            start = time.perf_counter()
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+            got = b""
+            while not got.endswith(b"hello, world\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise RuntimeError("connection closed")
+                got += chunk
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return times[len(times) // 2], times[int(len(times) * 0.99)]
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
@@ -155,6 +175,8 @@ def main() -> None:
             idle_ms, cpu_ms, release_s, answered = asyncio.run(waiters(proxy_port, mount, procs[1].pid))
             direct_rps, direct_p99 = wrk(up_port)
             proxy_rps, proxy_p99 = wrk(proxy_port)
+            direct_one = probe(up_port)
+            proxy_one = probe(proxy_port)
         finally:
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -163,11 +185,15 @@ def main() -> None:
     ratio = proxy_rps / direct_rps
     print(f"direct: {direct_rps:.0f} req/s, p99 {direct_p99:.2f} ms; through the proxy: {proxy_rps:.0f} req/s, "
           f"p99 {proxy_p99:.2f} ms (wrk -t2 -c50 -d5s, keep-alive, 2 cores shared by all processes)")
+    print(f"one request at a time: direct p50 {direct_one[0]:.3f} ms p99 {direct_one[1]:.3f} ms; through the proxy "
+          f"p50 {proxy_one[0]:.3f} ms p99 {proxy_one[1]:.3f} ms")
     print(f"{WAITERS} readers waiting on a position: proxy CPU {cpu_ms:.1f} ms/s, against {idle_ms:.1f} ms/s for "
           f"{WAITERS} idle keep-alive connections (the HTTP layer's timeout sweep); all {answered} answered "
           f"{release_s * 1000:.0f} ms after the position moved")
     print(f"direct_rps={direct_rps:.0f} proxy_rps={proxy_rps:.0f} rps_ratio={ratio:.3f} "
-          f"added_p99_ms={proxy_p99 - direct_p99:.2f} waiters={WAITERS} waiting_cpu_ms_per_s={cpu_ms:.2f} "
+          f"added_p99_ms={proxy_p99 - direct_p99:.2f} added_p99_ms_unloaded={proxy_one[1] - direct_one[1]:.3f} "
+          f"added_p50_ms_unloaded={proxy_one[0] - direct_one[0]:.3f} waiters={WAITERS} "
+          f"waiting_cpu_ms_per_s={cpu_ms:.2f} "
           f"idle_conns_cpu_ms_per_s={idle_ms:.2f} waiting_extra_cpu_ms_per_s={cpu_ms - idle_ms:.2f} "
           f"release_ms={release_s * 1000:.0f} answered={answered}")
 
