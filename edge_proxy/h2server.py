@@ -221,7 +221,7 @@ class H2Server(ServerConnection):
         task.add_done_callback(self.tasks.discard)
 
     async def _run_stream(self, ex: H2Exchange) -> None:
-        await self._run(ex)
+        await self._run(ex, self.handler)
 
     def _finish(self, ex: Exchange) -> None:
         """Called by ServerConnection._run after the handler. The stream lives on while response bytes still

@@ -24,15 +24,17 @@ from typing import IO
 from catalog import State, default_regions
 from edge_proxy.config import ProxyConfig
 from edge_proxy.errors import HttpError, UpstreamError
+from edge_proxy.fastpath import Pending, Relay
 from edge_proxy.health import HealthBook, LoadBook, RttBook
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import UpstreamPool
-from edge_proxy.http1.forward import BodyTee, ForwardResult, Timeouts, forward
+from edge_proxy.http1.forward import REQUEST_OWN, BodyTee, ForwardResult, Timeouts, forward
 from edge_proxy.http1.server import Exchange, ServerConnection
 from edge_proxy.metrics import Metrics
 from edge_proxy.routing import (
     MAX_REPLAYS,
     REPLAY_BODY_LIMIT,
+    STEERING_HEADERS,
     Candidate,
     Chooser,
     Decision,
@@ -54,6 +56,11 @@ OWNED = frozenset({
     b"x-forwarded-port", b"x-forwarded-ssl", b"fly-replay-src", b"fly-preferred-instance-unavailable",
 })
 MAX_RETRIES = 3
+#: Request fields the fast path does not copy upstream (it adds its own, or the field is hop-by-hop).
+_FAST_DROP = h.HOP_BY_HOP | OWNED | REQUEST_OWN | {b"x-forwarded-for", b"via"}
+#: Request fields the fast path acts on: dropped, appended to, or (steering) sending it to the general path.
+_FAST_SPECIAL = _FAST_DROP | STEERING_HEADERS
+_FAST_APPENDED = STEERING_HEADERS | {b"x-forwarded-for", b"via"}
 
 
 class EdgeProxy:
@@ -84,6 +91,11 @@ class EdgeProxy:
         self.region_bytes = region.encode()
         self.server_name = config.name.encode()
         self.connections: set[ServerConnection] = set()
+        # Request ids: a per-process random prefix and a counter (unique per worker, no entropy per request).
+        self._id_prefix = f"{random.getrandbits(48):012x}"
+        self._id_seq = 0
+        self._fixed_headers: dict[tuple[int, str], bytes] = {}
+        self._default_steer = Steering()
 
     # -- state from the catalog -------------------------------------------------------------------
 
@@ -109,12 +121,20 @@ class EdgeProxy:
 
     # -- the handler ------------------------------------------------------------------------------------
 
-    async def handle(self, ex: Exchange) -> None:
-        started = time.monotonic()
-        request_id = f"{random.getrandbits(80):020x}"  # unique enough for logs; no syscall per request
-        info: dict[str, object] = {"app": "", "machine": "", "retries": 0, "replays": 0}
+    def next_request_id(self) -> str:
+        self._id_seq += 1
+        return f"{self._id_prefix}{self._id_seq:08x}"
+
+    async def handle(self, ex: Exchange, pending: Pending | None = None) -> None:
+        """The general path; `pending`: a fast-path attempt to carry on from (see `fastpath`)."""
+        if pending is None:
+            started = time.monotonic()
+            request_id = self.next_request_id()
+            info: dict[str, object] = {"app": "", "machine": "", "retries": 0, "replays": 0}
+        else:
+            started, request_id, info = pending.started, pending.request_id, pending.info
         try:
-            await self._handle(ex, request_id, info)
+            await self._handle(ex, request_id, info, pending)
         except HttpError as exc:
             if not ex.started:
                 ex.respond_error(exc, [(b"fly-request-id", request_id.encode()), (b"server", self.server_name)])
@@ -122,10 +142,10 @@ class EdgeProxy:
             else:
                 ex.abort()
         finally:
-            self._finish(ex, request_id, info, started)
+            self.finish(ex, request_id, info, started)
 
-    async def _handle(self, ex: Exchange, request_id: str, info: dict[str, object]) -> None:
-        app = self.table.app_for_host_header(ex.head.host)
+    async def _handle(self, ex: Exchange, request_id: str, info: dict[str, object], pending: Pending | None) -> None:
+        app = pending.app if pending is not None else self.table.app_for_host_header(ex.head.host)
         if app is None:
             raise HttpError(404, "PR02", f"no app for host {h.host_name(ex.head.host)!r}")
         info["app"] = app.name
@@ -139,17 +159,25 @@ class EdgeProxy:
         stale_retry = False
         deadline = time.monotonic() + self.config.queue_timeout
         while True:
-            current = steer if not tried else Steering(
-                steer.prefer_region, steer.force_region, steer.prefer_instance, steer.force_instance,
-                steer.exclude | tried)
-            decision = self.chooser.choose(self.candidates(app, ex.conn.state.get("machine")), current)
-            machine = await self._decide(app, decision, deadline)
-            if machine is None:
-                continue  # capacity freed: choose again
+            attempt, pending = pending, None
+            if attempt is not None:
+                machine = attempt.machine  # the fast path's first attempt, already made
+            else:
+                current = steer if not tried else Steering(
+                    steer.prefer_region, steer.force_region, steer.prefer_instance, steer.force_instance,
+                    steer.exclude | tried)
+                decision = self.chooser.choose(self.candidates(app, ex.conn.state.get("machine")), current)
+                chosen = await self._decide(app, decision, deadline)
+                if chosen is None:
+                    continue  # capacity freed: choose again
+                machine = chosen
             info["machine"], info["region"] = machine.id, machine.region
-            headers = self._request_headers(ex, request_id, src, decision.preferred_unavailable)
             try:
-                result = await self._forward(ex, app, machine, headers, tee, replays)
+                if attempt is not None:
+                    result = attempt.outcome()
+                else:
+                    headers = self._request_headers(ex, request_id, src, decision.preferred_unavailable)
+                    result = await self._forward(ex, app, machine, headers, tee, replays)
             except UpstreamError as exc:
                 if not await self._retryable(ex, exc, tee, stale_retry):
                     if not exc.stale and not ex.client_gone and ex.body.error is None:
@@ -185,8 +213,7 @@ class EdgeProxy:
 
     async def _decide(self, app: AppRoute, decision: Decision, deadline: float) -> MachineRoute | None:
         if decision.outcome == "ok" and decision.machine is not None:
-            route = next(m for m in app.machines if m.id == decision.machine.id)
-            return route
+            return self.table.machines[decision.machine.id]
         if decision.outcome == "at_capacity":
             remaining = deadline - time.monotonic()
             if remaining > 0 and await self.load.wait_for_capacity(remaining):
@@ -211,23 +238,12 @@ class EdgeProxy:
         self._count_connection(ex.conn, machine.id, conc_type)
         self.load.add(self.load.requests, machine.id, 1)
 
+        request_id = headers_request_id(headers)
+
         def on_head(resp: h.ResponseHead) -> bool:
-            if resp.header(b"fly-replay") is not None and resp.status != 101:
-                return False  # the body is discarded and the request replayed (spec "fly-replay")
-            kept: h.Headers = []
-            via = b""
-            for k, v in resp.headers:
-                if k == b"via":
-                    via = via + b", " + v if via else v
-                elif k != b"server" and k != b"fly-request-id":
-                    kept.append((k, v))
-            kept += [(b"server", self.server_name), (b"via", via + b", " + self.via if via else self.via),
-                     (b"fly-request-id", request_id)]
-            resp.headers = kept
-            return True
+            return self.response_headers(resp, request_id)
 
         key = self.resolve(machine)
-        request_id = headers_request_id(headers)
         try:
             result = await forward(ex, self.pool, key, headers, tee, on_head=on_head, timeouts=self.timeouts)
         except UpstreamError as exc:
@@ -242,6 +258,22 @@ class EdgeProxy:
         if result.discarded and replays >= MAX_REPLAYS:
             raise HttpError(508, "PR08", f"more than {MAX_REPLAYS} chained fly-replay hops")
         return result
+
+    def response_headers(self, resp: h.ResponseHead, request_id: bytes) -> bool:
+        """Rewrite a response head (spec "Headers added"); False: fly-replay, discard and replay it."""
+        if resp.status != 101 and resp.header(b"fly-replay") is not None:
+            return False  # the body is discarded and the request replayed (spec "fly-replay")
+        kept: h.Headers = []
+        via = b""
+        for k, v in resp.headers:
+            if k == b"via":
+                via = via + b", " + v if via else v
+            elif k != b"server" and k != b"fly-request-id":
+                kept.append((k, v))
+        kept += [(b"server", self.server_name), (b"via", via + b", " + self.via if via else self.via),
+                 (b"fly-request-id", request_id)]
+        resp.headers = kept
+        return True
 
     def _parse_replay(self, result: ForwardResult) -> Replay:
         assert result.head is not None
@@ -290,6 +322,94 @@ class EdgeProxy:
         self.metrics.inc("sixpn_edge_proxy_errors_total", code=exc.code)
         self._log({"ts": round(time.time(), 3), "client": conn.peer[0], "status": exc.status, "error": exc.code,
                    "detail": exc.detail})
+
+    # -- the fast path (see `fastpath`) -------------------------------------------------------------------
+
+    def fast(self, ex: Exchange) -> bool:
+        """Start `ex` on the fast path; False (before anything was sent or counted) leaves it to `handle`."""
+        head = ex.head
+        if head.framing != "none" or head.upgrade or head.expect_continue:
+            return False
+        app = self.table.app_for_host_header(head.host)
+        if app is None:
+            return False
+        conn_state = ex.conn.state
+        decision = self.chooser.choose(self.candidates(app, conn_state.get("machine")), self._default_steer)
+        candidate = decision.machine
+        if candidate is None or decision.outcome != "ok":
+            return False
+        machine = self.table.machines[candidate.id]
+        request_id = self.next_request_id()
+        request = self._fast_request_head(ex, request_id)
+        if request is None:
+            return False
+        upstream = self.pool.take_idle(self.resolve(machine))
+        if upstream is None:
+            return False  # connecting (or waiting for a free slot) is the general path's business
+        # Committed from here on: counted, sent, and answered by the Relay.
+        started = time.monotonic()
+        if app.idle_timeout is not None:
+            ex.conn.idle_timeout = app.idle_timeout
+        info: dict[str, object] = {"app": app.name, "machine": machine.id, "region": machine.region,
+                                   "retries": 0, "replays": 0}
+        self._count_connection(ex.conn, machine.id, app.concurrency.type)
+        self.load.add(self.load.requests, machine.id, 1)
+        relay = Relay(self, ex, upstream, app, machine, request_id, info, started)
+        upstream.begin(relay, head.method)
+        upstream.write(request)
+        relay.request_sent = True
+        relay.arm(self.timeouts.first_byte, body_pending=False)
+        return True
+
+    def _fast_request_head(self, ex: Exchange, request_id: str, special: frozenset[bytes] = _FAST_SPECIAL,
+                           named: bool = False) -> bytes | None:
+        """The upstream request head as one bytes object, or None when the request needs the general path
+        (steering headers). Same fields, in the same order, as `_request_headers` + `request_head_bytes`
+        produce for a request without a body. `special`: fields dropped or acted on (plus, once `named`,
+        those the Connection header names)."""
+        head = ex.head
+        parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+        xff = via = b""
+        has_host = False
+        for k, v in head.headers:
+            if k in special:
+                if k in STEERING_HEADERS:
+                    return None
+                if k == b"x-forwarded-for":
+                    xff = xff + b", " + v if xff else v
+                elif k == b"via":
+                    via = via + b", " + v if via else v
+                elif k == b"connection" and not named:
+                    # Rare enough to pay a second pass: fields it names are hop-by-hop (RFC 9110 §7.6.1).
+                    tokens = h.connection_tokens(head.headers)
+                    if tokens & _FAST_APPENDED:
+                        return None  # naming a field we append to: the general path's rules, exactly
+                    return self._fast_request_head(ex, request_id, special | tokens, True)
+                continue
+            if k == b"host":
+                has_host = True
+            parts += [k, b": ", v, b"\r\n"]
+        client_ip = ex.conn.peer[0]
+        if client_ip.startswith("::ffff:"):
+            client_ip = client_ip[7:]
+        ip = client_ip.encode()
+        fixed = self._fixed_headers.get((ex.conn.local_port, ex.conn.scheme))
+        if fixed is None:
+            port = str(ex.conn.local_port).encode()
+            tls = ex.conn.scheme == "https"
+            fixed = self._fixed_headers[(ex.conn.local_port, ex.conn.scheme)] = (
+                b"x-forwarded-proto: " + (b"https" if tls else b"http") + b"\r\nx-forwarded-port: " + port
+                + b"\r\nx-forwarded-ssl: " + (b"on" if tls else b"off") + b"\r\nfly-forwarded-port: " + port
+                + b"\r\nfly-region: " + self.region_bytes + b"\r\n")
+        parts += [b"fly-client-ip: ", ip, b"\r\nx-forwarded-for: ", xff + b", " + ip if xff else ip, b"\r\n",
+                  fixed, b"via: ", via + b", " + self.via if via else self.via, b"\r\nfly-request-id: ",
+                  request_id.encode(), b"\r\n"]
+        if not has_host and head.host:
+            parts += [b"host: ", head.host, b"\r\n"]
+        if head.method in (b"POST", b"PUT", b"PATCH"):
+            parts.append(b"content-length: 0\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     # -- headers (spec "Headers added") ---------------------------------------------------------------
 
@@ -342,7 +462,7 @@ class EdgeProxy:
 
     # -- after each request ----------------------------------------------------------------------------
 
-    def _finish(self, ex: Exchange, request_id: str, info: dict[str, object], started: float) -> None:
+    def finish(self, ex: Exchange, request_id: str, info: dict[str, object], started: float) -> None:
         elapsed = time.monotonic() - started
         app = str(info.get("app") or "")
         status = ex.status or 499

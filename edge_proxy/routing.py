@@ -217,7 +217,7 @@ def steering_from_headers(get: Iterable[tuple[bytes, bytes]]) -> Steering:
     """`fly-prefer-region`, `fly-force-region`, `fly-prefer-instance-id`, `fly-force-instance-id`."""
     values: dict[bytes, str] = {}
     for name, value in get:
-        if name in _STEER_HEADERS and name not in values:
+        if name in STEERING_HEADERS and name not in values:
             values[name] = value.decode("latin-1").strip()
     return Steering(
         prefer_region=values.get(b"fly-prefer-region", "").lower(),
@@ -227,7 +227,7 @@ def steering_from_headers(get: Iterable[tuple[bytes, bytes]]) -> Steering:
     )
 
 
-_STEER_HEADERS = frozenset({b"fly-prefer-region", b"fly-force-region", b"fly-prefer-instance-id",
+STEERING_HEADERS = frozenset({b"fly-prefer-region", b"fly-force-region", b"fly-prefer-instance-id",
                             b"fly-force-instance-id"})
 
 

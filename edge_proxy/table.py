@@ -54,6 +54,7 @@ class RoutingTable:
         self.hostnames: dict[str, str] = {}
         self.host_regions = {h.name: h.region for h in state.hosts.values()}
         self._by_header: dict[bytes, AppRoute | None] = {}
+        self.machines: dict[str, MachineRoute] = {}  # by id, across apps (ids are unique)
         for app in state.apps.values():
             try:
                 config = app.config
@@ -67,6 +68,7 @@ class RoutingTable:
                 if not service or not service.processes or m.process_group in service.processes
             )
             self.apps[app.name] = AppRoute(app.name, app.network, service, machines)
+            self.machines.update((m.id, m) for m in machines)
             for hostname in config.hostnames:
                 self.hostnames.setdefault(hostname, app.name)
 
@@ -87,11 +89,7 @@ class RoutingTable:
         return route
 
     def machine(self, machine_id: str) -> MachineRoute | None:
-        for app in self.apps.values():
-            for m in app.machines:
-                if m.id == machine_id:
-                    return m
-        return None
+        return self.machines.get(machine_id)
 
 
 def default_resolver(machine: MachineRoute) -> tuple[str, int]:

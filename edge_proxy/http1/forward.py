@@ -90,27 +90,44 @@ class BodyTee:
 
 
 class _Flow:
-    """ResponseSink for one forwarded request."""
+    """ResponseSink for one forwarded request. Subclasses say what happens when the head arrives
+    (`_head_ready`/`_head_failed`) and when the exchange ends (`_ended`/`_end_failed`)."""
 
     def __init__(self, ex: Exchange, conn: UpstreamConnection, on_head: Callable[[h.ResponseHead], bool]) -> None:
         self.ex = ex
         self.conn = conn
         self.on_head = on_head
-        loop = asyncio.get_running_loop()
-        self.head_fut: asyncio.Future[h.ResponseHead] = loop.create_future()
-        self.done_fut: asyncio.Future[None] = loop.create_future()
+        # The connection's loop, not asyncio.get_running_loop(): on 3.11 that costs a getpid() syscall.
+        self.loop = ex.conn._loop
         self.head: h.ResponseHead | None = None
+        self.head_pending = True  # neither a head nor a failure reported yet
+        self.end_pending = True
         self.discard = False
         self.request_sent = False
         self.chunked_out = False
         self.first_byte = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
+    def _accept(self, head: h.ResponseHead) -> bool:
+        return self.on_head(head)
+
+    def _head_ready(self, head: h.ResponseHead) -> None:
+        raise NotImplementedError
+
+    def _head_failed(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def _ended(self) -> None:
+        raise NotImplementedError
+
+    def _end_failed(self, exc: UpstreamError) -> None:
+        raise NotImplementedError
+
     # -- ResponseSink -------------------------------------------------------------------------------
 
     def response_head(self, head: h.ResponseHead) -> None:
         self.head = head
-        if not self.on_head(head):
+        if not self._accept(head):
             self.discard = True
         elif head.status == 101:
             self._start_tunnel(head)
@@ -126,8 +143,9 @@ class _Flow:
             length = head.content_length if head.framing == "length" else None
             self.ex.start(head.status, headers, length=length, no_body=no_body, reason=head.reason, defer=True)
             self.ex.on_client_writable(self._client_writable)
-        if not self.head_fut.done():
-            self.head_fut.set_result(head)
+        if self.head_pending:
+            self.head_pending = False
+            self._head_ready(head)
 
     def response_data(self, data: bytes) -> None:
         if not self.discard:
@@ -137,8 +155,9 @@ class _Flow:
         if not self.discard:
             self.ex.end()
         self.ex.on_client_writable(None)
-        if not self.done_fut.done():
-            self.done_fut.set_result(None)
+        if self.end_pending:
+            self.end_pending = False
+            self._ended()
 
     def upstream_lost(self, exc: BaseException) -> None:
         self.ex.on_client_writable(None)
@@ -148,10 +167,12 @@ class _Flow:
         if self.conn.tunnel:
             self.ex.conn.close()
             self.ex.finished = True
-        if not self.head_fut.done():
-            self.head_fut.set_exception(UpstreamError(f"upstream closed: {exc}", sent=self.request_sent))
-        if self.head is not None and not self.done_fut.done():  # done_fut is awaited only after a head
-            self.done_fut.set_exception(UpstreamError(f"upstream closed mid-response: {exc}", sent=True))
+        if self.head_pending:
+            self.head_pending = False
+            self._head_failed(UpstreamError(f"upstream closed: {exc}", sent=self.request_sent))
+        elif self.head is not None and self.end_pending:  # the end is waited for only after a head
+            self.end_pending = False
+            self._end_failed(UpstreamError(f"upstream closed mid-response: {exc}", sent=True))
 
     def upstream_writable(self, writable: bool) -> None:
         self.ex.pause_client(not writable)
@@ -170,8 +191,8 @@ class _Flow:
             self.body_sent()
 
     def body_sent(self) -> None:
-        if self.timer is None and self.first_byte and not self.head_fut.done():
-            self.timer = asyncio.get_running_loop().call_later(self.first_byte, self.first_byte_timeout)
+        if self.timer is None and self.first_byte and self.head_pending:
+            self.timer = self.loop.call_later(self.first_byte, self.first_byte_timeout)
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -179,8 +200,9 @@ class _Flow:
             self.timer = None
 
     def first_byte_timeout(self) -> None:
-        if not self.head_fut.done():
-            self.head_fut.set_exception(HttpError(504, "PR05", "no response from upstream in time"))
+        if self.head_pending:
+            self.head_pending = False
+            self._head_failed(HttpError(504, "PR05", "no response from upstream in time"))
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -214,6 +236,27 @@ class _Flow:
         tee.consumed = True
         ex.send_continue()
         ex.body.attach(on_data, on_end)
+
+
+class _AwaitFlow(_Flow):
+    """The flow `forward` awaits: head and end reported through two futures."""
+
+    def __init__(self, ex: Exchange, conn: UpstreamConnection, on_head: Callable[[h.ResponseHead], bool]) -> None:
+        super().__init__(ex, conn, on_head)
+        self.head_fut: asyncio.Future[h.ResponseHead] = self.loop.create_future()
+        self.done_fut: asyncio.Future[None] = self.loop.create_future()
+
+    def _head_ready(self, head: h.ResponseHead) -> None:
+        self.head_fut.set_result(head)
+
+    def _head_failed(self, exc: BaseException) -> None:
+        self.head_fut.set_exception(exc)
+
+    def _ended(self) -> None:
+        self.done_fut.set_result(None)
+
+    def _end_failed(self, exc: UpstreamError) -> None:
+        self.done_fut.set_exception(exc)
 
 
 def request_head_bytes(ex: Exchange, headers: h.Headers, body_length: int | None, chunked: bool) -> bytes:
@@ -252,7 +295,7 @@ async def _forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Header
         started = time.monotonic()
         conn, reused = await pool.acquire(key, timeouts.connect)
         connect_time = time.monotonic() - started
-    flow = _Flow(ex, conn, on_head)
+    flow = _AwaitFlow(ex, conn, on_head)
     conn.begin(flow, ex.head.method)
     if tee.consumed:  # a retry or a replay: the body is all in the copy
         body = tee.data()

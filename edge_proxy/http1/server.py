@@ -60,6 +60,9 @@ class ServerConnection(asyncio.Protocol):
         self.idle_timeout = limits.idle_timeout  # a handler may set the app's (fly.toml idle_timeout)
         self.state: dict[str, Any] = {}  # for the handler: per-connection data (e.g. the machine it counts on)
         self.on_reject: Callable[[ServerConnection, HttpError], None] | None = None
+        # Optional callback-driven handler tried before `handler`: True means it took the exchange and will
+        # call `done(ex)` (or `hand_over`) itself, with no task per request; False means "use the handler".
+        self.fast: Callable[[Exchange], bool] | None = None
         self._loop = asyncio.get_running_loop()
         self._pending: deque[Exchange] = deque()
         self._current: Exchange | None = None
@@ -235,12 +238,24 @@ class ServerConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         self._current = ex
-        self._task = self._loop.create_task(self._run(ex))
+        if self.fast is not None and self.fast(ex):
+            ex.dispatched = True
+            return
+        self._task = self._loop.create_task(self._run(ex, self.handler))
 
-    async def _run(self, ex: Exchange) -> None:
+    def hand_over(self, ex: Exchange, work: Handler) -> None:
+        """A fast-path exchange continues as a task (retry, fly-replay): `work` answers it."""
+        self._task = self._loop.create_task(self._run(ex, work))
+
+    def done(self, ex: Exchange) -> None:
+        """A fast-path exchange is over: next request, or close."""
+        if self._current is ex:
+            self._finish(ex)
+
+    async def _run(self, ex: Exchange, work: Handler) -> None:
         ex.dispatched = True
         try:
-            await self.handler(ex)
+            await work(ex)
         except HttpError as exc:
             if not ex.started:
                 ex.respond_error(exc)

@@ -1,0 +1,128 @@
+"""The edge's fast path: a keep-alive request without a body, routed to a pooled upstream connection, driven
+by Protocol callbacks from head to end (no task, no future, no coroutine per request).
+
+`EdgeProxy.fast` builds the upstream request head in one pass on bytes and hands it to a `Relay`, the
+response sink that streams the answer back (the same `_Flow` machinery `forward` uses). Whatever the fast path
+does not cover is passed on, before anything was sent, to the general `EdgeProxy.handle`; a first attempt that
+needs more (a retry after a dead pooled connection, a fly-replay, an upstream timeout) continues there as a
+task from a `Pending` that carries this attempt's outcome, so both paths share one set of rules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edge_proxy.errors import UpstreamError
+from edge_proxy.http1 import head as h
+from edge_proxy.http1.client import UpstreamConnection
+from edge_proxy.http1.forward import ForwardResult, _Flow
+from edge_proxy.http1.server import Exchange
+from edge_proxy.table import AppRoute, MachineRoute
+
+if TYPE_CHECKING:
+    from edge_proxy.proxy import EdgeProxy
+
+
+def _keep(head: h.ResponseHead) -> bool:
+    return True
+
+
+class Pending:
+    """A fast-path attempt handed to the general path: its ids and clock, and how the attempt ended."""
+
+    __slots__ = ("app", "error", "info", "machine", "request_id", "result", "started")
+
+    def __init__(self, relay: Relay, result: ForwardResult | None, error: BaseException | None) -> None:
+        self.app: AppRoute = relay.app
+        self.machine: MachineRoute = relay.machine
+        self.request_id: str = relay.request_id
+        self.info = relay.info
+        self.started = relay.started
+        self.result = result
+        self.error = error
+
+    def outcome(self) -> ForwardResult:
+        """What `EdgeProxy._forward` would have returned or raised for this attempt."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class Relay(_Flow):
+    """ResponseSink of one fast-path request: streams the response, then accounts for it and ends the exchange."""
+
+    def __init__(self, proxy: EdgeProxy, ex: Exchange, conn: UpstreamConnection, app: AppRoute,
+                 machine: MachineRoute, request_id: str, info: dict[str, object], started: float) -> None:
+        super().__init__(ex, conn, _keep)
+        self.proxy = proxy
+        self.app = app
+        self.machine = machine
+        self.request_id = request_id
+        self.rid = request_id.encode()
+        self.info = info
+        self.started = started
+
+    def _accept(self, resp: h.ResponseHead) -> bool:
+        # Overridden rather than passed as on_head: a bound method stored on self is a reference cycle,
+        # left for the cyclic GC once per request.
+        return self.proxy.response_headers(resp, self.rid)
+
+    # -- how the attempt ends -------------------------------------------------------------------------
+
+    def _head_ready(self, head: h.ResponseHead) -> None:
+        self.cancel_timer()
+
+    def _head_failed(self, exc: BaseException) -> None:
+        self.cancel_timer()
+        if isinstance(exc, UpstreamError) and not self.conn.responded:
+            exc.stale = True  # a pooled connection the machine had closed (see `forward`)
+        self.conn.abort()
+        self._settle()
+        self._escalate(None, exc)
+
+    def _ended(self) -> None:
+        ex, conn = self.ex, self.conn
+        if not ex.body.done or ex.body.error is not None:
+            conn.reusable = False
+        if conn.tunnel:
+            conn.close()
+        else:
+            self.proxy.pool.release(conn)
+        self._done()
+
+    def _end_failed(self, exc: UpstreamError) -> None:
+        if self.discard:
+            self.conn.abort()
+        elif not self.ex.finished:
+            self.ex.abort()
+        self._done()
+
+    def _done(self) -> None:
+        self._settle()
+        head = self.head
+        assert head is not None
+        if self.discard:  # fly-replay: the general path replays it
+            self._escalate(ForwardResult(head.status, head, True, True, 0.0, self.conn.key), None)
+            return
+        self.info["status"] = head.status
+        ex = self.ex
+        self.proxy.finish(ex, self.request_id, self.info, self.started)
+        ex.conn.done(ex)
+
+    def _settle(self) -> None:
+        """What `forward` and `EdgeProxy._forward` undo after every attempt."""
+        ex = self.ex
+        ex.pause_client(False)
+        ex.on_client_writable(None)
+        self.proxy.load.add(self.proxy.load.requests, self.machine.id, -1)
+
+    def _escalate(self, result: ForwardResult | None, error: BaseException | None) -> None:
+        pending = Pending(self, result, error)
+        proxy = self.proxy
+
+        async def carry_on(ex: Exchange) -> None:
+            await proxy.handle(ex, pending)
+
+        self.ex.conn.hand_over(self.ex, carry_on)
+

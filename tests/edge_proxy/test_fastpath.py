@@ -1,0 +1,91 @@
+"""The callback-driven fast path (`edge_proxy.fastpath`) against the general path: same bytes upstream, same
+answers, and the first attempt's failures (dead pooled connection, timeout, fly-replay) carried on correctly."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from edge_proxy.http1.server import Exchange
+from edge_proxy.proxy import EdgeProxy
+from tests.edge_proxy.harness import edge_lab, request
+from tests.edge_proxy.test_proxy import aio
+
+
+def count_fast(proxy: EdgeProxy) -> list[bool]:
+    """Record each fast-path decision (connections made after this call use the wrapper)."""
+    taken: list[bool] = []
+    original = proxy.fast
+
+    def fast(ex: Exchange) -> bool:
+        taken.append(original(ex))
+        return taken[-1]
+
+    proxy.fast = fast  # type: ignore[method-assign]
+    return taken
+
+
+@aio
+async def test_fast_path_sends_what_the_general_path_sends(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+        taken = count_fast(lab.service.proxy)
+        headers = {"X-Forwarded-For": "10.1.1.1", "Via": "1.1 cdn", "X-Custom": "a", "X-Gone": "b",
+                   "Fly-Client-IP": "6.6.6.6", "Fly-Request-Id": "forged", "Keep-Alive": "timeout=5"}
+        first = await request(lab.port, path="/x?y=1", headers={**headers, "Connection": "close, X-Gone"})
+        second = await request(lab.port, path="/x?y=1", headers={**headers, "Connection": "close, X-Gone"})
+        assert taken == [False, True]  # the first had no pooled connection yet
+        sent = [b.json()["headers"] for b in (first, second)]
+        for doc in sent:
+            names = [k for k, _ in doc]
+            assert "x-gone" not in names and "keep-alive" not in names and "connection" not in names
+            fields = dict(doc)
+            assert fields["x-forwarded-for"] == "10.1.1.1, 127.0.0.1" and fields["via"] == "1.1 cdn, 1.1 sixpn-edge"
+        strip = [[[k, v] for k, v in doc if k != "fly-request-id"] for doc in sent]
+        assert strip[0] == strip[1]
+        for r in (first, second):
+            assert r.status == 200 and r.header("server") == "sixpn-edge" and r.header("connection") == "close"
+            assert r.header("fly-request-id") == dict(r.json()["headers"])["fly-request-id"]
+        assert first.header("fly-request-id") != second.header("fly-request-id")
+
+
+@aio
+async def test_fast_path_keep_alive_and_pipelining(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+        assert (await request(lab.port)).status == 200  # warm the pool
+        taken = count_fast(lab.service.proxy)
+        reader, writer = await asyncio.open_connection("127.0.0.1", lab.port)
+        writer.write(b"".join(b"GET /p%d HTTP/1.1\r\nHost: web.sixpn.test\r\n\r\n" % i for i in range(3)))
+        for i in range(3):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert b'"target": "/p%d"' % i in await reader.readexactly(length)
+        writer.close()
+        assert taken and all(taken)
+        assert lab.service.proxy.load.requests == {}  # every in-flight count given back
+
+
+@aio
+async def test_fast_path_dead_pooled_connection_and_timeout(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, first_byte_timeout=0.5) as lab:
+        assert (await request(lab.port)).status == 200
+        taken = count_fast(lab.service.proxy)
+        lab.backends["gru1"].fail_next = 1
+        r = await request(lab.port)
+        assert r.status == 200 and taken == [True] and lab.service.proxy.pool.connects == 2
+        assert lab.service.proxy.health.healthy(lab.machines["gru1"])
+        r = await request(lab.port, path="/slow")
+        assert r.status == 504 and r.header("fly-proxy-error") == "PR05" and taken[-1]
+        assert r.header("fly-request-id")
+
+
+@aio
+async def test_fast_path_replay(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru"), "sjc1": ("web", "sjc")}) as lab:
+        assert (await request(lab.port)).status == 200
+        taken = count_fast(lab.service.proxy)
+        lab.backends["gru1"].replay = "region=sjc;state=s1"
+        r = await request(lab.port)
+        assert taken == [True] and r.status == 200 and r.json()["machine"] == "sjc1"
+        assert dict(r.json()["headers"])["fly-replay-src"].endswith(";state=s1")
+        assert lab.service.proxy.metrics.counters["sixpn_edge_replays_total"]
