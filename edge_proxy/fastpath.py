@@ -15,12 +15,18 @@ from typing import TYPE_CHECKING
 from edge_proxy.errors import UpstreamError
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import UpstreamConnection
-from edge_proxy.http1.forward import ForwardResult, _Flow
+from edge_proxy.http1.forward import FRAMING, ForwardResult, _Flow
 from edge_proxy.http1.server import Exchange
 from edge_proxy.table import AppRoute, MachineRoute
 
 if TYPE_CHECKING:
     from edge_proxy.proxy import EdgeProxy
+
+
+#: Response fields the relay drops, merges (Via) or hands to the general rules (fly-replay, Connection).
+_RESPONSE_SPECIAL = h.HOP_BY_HOP | FRAMING | {b"server", b"fly-request-id", b"via", b"fly-replay"}
+#: Fields the edge adds to a response: a Connection header naming one of them takes the general rules.
+_RESPONSE_ADDED = frozenset({b"server", b"via", b"fly-request-id"})
 
 
 def _keep(head: h.ResponseHead) -> bool:
@@ -67,6 +73,46 @@ class Relay(_Flow):
         # Overridden rather than passed as on_head: a bound method stored on self is a reference cycle,
         # left for the cyclic GC once per request.
         return self.proxy.response_headers(resp, self.rid)
+
+    def response_head(self, head: h.ResponseHead) -> None:
+        """`_Flow.response_head` + `EdgeProxy.response_headers` in one pass, straight to bytes, for a response
+        with a body; anything else (fly-replay, 101, bodiless) takes the general code."""
+        if head.framing == "none" or head.status == 101:
+            super().response_head(head)
+            return
+        fields = self._fields(head, _RESPONSE_SPECIAL, False)
+        if fields is None:
+            super().response_head(head)
+            return
+        self.head = head
+        ex = self.ex
+        ex.start_prepared(head.status, head.reason, fields,
+                          head.content_length if head.framing == "length" else None)
+        ex.on_client_writable(self._client_writable)
+        if self.head_pending:
+            self.head_pending = False
+            self._head_ready(head)
+
+    def _fields(self, head: h.ResponseHead, special: frozenset[bytes], named: bool) -> bytes | None:
+        parts: list[bytes] = []
+        via = b""
+        for k, v in head.headers:
+            if k in special:
+                if k == b"via":
+                    via = via + b", " + v if via else v
+                elif k == b"fly-replay":
+                    return None
+                elif k == b"connection" and not named:
+                    tokens = h.connection_tokens(head.headers)
+                    if tokens & _RESPONSE_ADDED:
+                        return None
+                    return self._fields(head, special | tokens, True)
+                continue
+            parts += [k, b": ", v, b"\r\n"]
+        proxy = self.proxy
+        parts += [b"server: ", proxy.server_name, b"\r\nvia: ", via + b", " + proxy.via if via else proxy.via,
+                  b"\r\nfly-request-id: ", self.rid, b"\r\n"]
+        return b"".join(parts)
 
     # -- how the attempt ends -------------------------------------------------------------------------
 

@@ -48,6 +48,23 @@ class Metrics:
         key = _labels(labels)
         book[key] = book.get(key, 0.0) + value
 
+    def inc_key(self, name: str, key: Labels) -> None:
+        """`inc(name, **labels)` with the labels tuple built once by the caller (hot path)."""
+        book = self.counters.get(name)
+        if book is None:
+            book = self.counters[name] = {}
+        book[key] = book.get(key, 0.0) + 1.0
+
+    def observe_key(self, name: str, value: float, key: Labels) -> None:
+        """`observe(name, value, **labels)` with a prebuilt labels tuple."""
+        book = self.hists.get(name)
+        row = book.get(key) if book is not None else None
+        if row is None:
+            self.observe(name, value, **dict(key))
+            return
+        row[bisect.bisect_left(BUCKETS, value)] += 1
+        row[-1] += value
+
     def set(self, name: str, value: float, **labels: str) -> None:
         self.gauges.setdefault(name, {})[_labels(labels)] = value
 

@@ -30,7 +30,7 @@ from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import UpstreamPool
 from edge_proxy.http1.forward import REQUEST_OWN, BodyTee, ForwardResult, Timeouts, forward
 from edge_proxy.http1.server import Exchange, ServerConnection
-from edge_proxy.metrics import Metrics
+from edge_proxy.metrics import Labels, Metrics
 from edge_proxy.routing import (
     MAX_REPLAYS,
     REPLAY_BODY_LIMIT,
@@ -96,6 +96,7 @@ class EdgeProxy:
         self._id_seq = 0
         self._fixed_headers: dict[tuple[int, str], bytes] = {}
         self._default_steer = Steering()
+        self._metric_keys: dict[tuple[str, int], tuple[Labels, Labels]] = {}
 
     # -- state from the catalog -------------------------------------------------------------------
 
@@ -333,12 +334,14 @@ class EdgeProxy:
         app = self.table.app_for_host_header(head.host)
         if app is None:
             return False
-        conn_state = ex.conn.state
-        decision = self.chooser.choose(self.candidates(app, conn_state.get("machine")), self._default_steer)
-        candidate = decision.machine
-        if candidate is None or decision.outcome != "ok":
-            return False
-        machine = self.table.machines[candidate.id]
+        own = ex.conn.state.get("machine")
+        machine = self._local_free(app, own)
+        if machine is None:
+            decision = self.chooser.choose(self.candidates(app, own), self._default_steer)
+            candidate = decision.machine
+            if candidate is None or decision.outcome != "ok":
+                return False
+            machine = self.table.machines[candidate.id]
         request_id = self.next_request_id()
         request = self._fast_request_head(ex, request_id)
         if request is None:
@@ -360,6 +363,36 @@ class EdgeProxy:
         relay.request_sent = True
         relay.arm(self.timeouts.first_byte, body_pending=False)
         return True
+
+    def _local_free(self, app: AppRoute, own: str | None) -> MachineRoute | None:
+        """Rule 2's first tier without building candidates: when some healthy local machine is below its soft
+        (and hard) limit, `Chooser.choose` with no steering picks the nearest of those, whatever the others'
+        state, so only their load counters (and health) are read here. None: ask the full chooser."""
+        plan = self.table.local_plan(app, self.region)
+        if not plan.local:
+            return None
+        book = self.load.requests if plan.kind == "requests" else self.load.connections
+        own_counts = plan.kind == "connections"
+        health = self.health
+        check = bool(health.active or health.down_until)
+        soft, hard = plan.soft, plan.hard
+        free: list[MachineRoute] = []
+        for m in plan.local:
+            if check and not health.healthy(m.id):
+                continue
+            load = book.get(m.id, 0)
+            if own_counts and own == m.id:
+                load -= 1
+            if load < soft and (hard is None or load < hard):
+                free.append(m)
+        if len(free) <= 1:
+            return free[0] if free else None
+        chooser = self.chooser  # Chooser._nearest on the same figures
+        rtts = [self.rtt.rtt(m.host) for m in free]
+        best = min(rtts)
+        window = max(chooser.tie_ms, best * chooser.tie_fraction)
+        tied = [m for m, rtt in zip(free, rtts, strict=True) if rtt <= best + window]
+        return tied[0] if len(tied) == 1 else chooser.rng.choice(tied)
 
     def _fast_request_head(self, ex: Exchange, request_id: str, special: frozenset[bytes] = _FAST_SPECIAL,
                            named: bool = False) -> bytes | None:
@@ -466,8 +499,14 @@ class EdgeProxy:
         elapsed = time.monotonic() - started
         app = str(info.get("app") or "")
         status = ex.status or 499
-        self.metrics.inc("sixpn_edge_requests_total", app=app, region=self.region, status=str(status))
-        self.metrics.observe("sixpn_edge_request_seconds", elapsed, app=app)
+        keys = self._metric_keys.get((app, status))
+        if keys is None:  # label tuples built once per (app, status), not per request
+            if len(self._metric_keys) > 4096:
+                self._metric_keys.clear()
+            keys = self._metric_keys[(app, status)] = (
+                (("app", app), ("region", self.region), ("status", str(status))), (("app", app),))
+        self.metrics.inc_key("sixpn_edge_requests_total", keys[0])
+        self.metrics.observe_key("sixpn_edge_request_seconds", elapsed, keys[1])
         if self.access_log is None:
             return
         self._log({

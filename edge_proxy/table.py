@@ -46,6 +46,17 @@ class AppRoute:
         return self.service.idle_timeout
 
 
+@dataclass(frozen=True)
+class LocalPlan:
+    """What routing needs of an app per request beyond the load counters, fixed for one table: its limits and
+    its started machines in the edge's region, in catalog order (the order `Chooser` sees them in)."""
+
+    kind: str
+    soft: int
+    hard: int | None
+    local: tuple[MachineRoute, ...]
+
+
 class RoutingTable:
     def __init__(self, state: State, domain: str) -> None:
         self.domain = domain
@@ -55,6 +66,7 @@ class RoutingTable:
         self.host_regions = {h.name: h.region for h in state.hosts.values()}
         self._by_header: dict[bytes, AppRoute | None] = {}
         self.machines: dict[str, MachineRoute] = {}  # by id, across apps (ids are unique)
+        self._plans: dict[tuple[str, str], LocalPlan] = {}
         for app in state.apps.values():
             try:
                 config = app.config
@@ -87,6 +99,15 @@ class RoutingTable:
             self._by_header.clear()
         self._by_header[host] = route
         return route
+
+    def local_plan(self, app: AppRoute, region: str) -> LocalPlan:
+        """Memoized per table, i.e. per catalog version: the table is rebuilt on every change."""
+        plan = self._plans.get((app.name, region))
+        if plan is None:
+            conc = app.concurrency
+            local = tuple(m for m in app.machines if m.started and m.region == region)
+            plan = self._plans[(app.name, region)] = LocalPlan(conc.type, conc.soft_limit, conc.hard_limit, local)
+        return plan
 
     def machine(self, machine_id: str) -> MachineRoute | None:
         return self.machines.get(machine_id)

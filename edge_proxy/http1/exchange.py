@@ -128,6 +128,31 @@ class Exchange:
         else:
             self.conn.write(head)
 
+    def start_prepared(self, status: int, reason: bytes, fields: bytes, length: int | None) -> None:
+        """`start(status, headers, length=length, reason=reason, defer=True)` for a response with a body whose
+        fields are already serialized (`name: value\\r\\n` each): the same bytes, without a list per field."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        if length is not None:
+            tail = b"content-length: %d\r\n" % length
+        elif self.head.version == b"1.1":
+            self._chunked = True
+            tail = b"transfer-encoding: chunked\r\n"
+        else:
+            self.close_after = True
+            tail = b""
+        if self.conn.draining:
+            self.close_after = True
+        if self.close_after:
+            tail += b"connection: close\r\n"
+        elif self.head.version == b"1.0":
+            tail += b"connection: keep-alive\r\n"
+        if not reason:
+            reason = h.REASONS.get(status, "Unknown").encode()
+        self._held = b"HTTP/1.1 %d %b\r\n%b%b\r\n" % (status, reason, fields, tail)
+
     def flush(self) -> None:
         """Send a response head held back by `start(defer=True)`."""
         if self._held:
