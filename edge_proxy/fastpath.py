@@ -103,10 +103,11 @@ class Relay(_Flow):
                 elif k == b"fly-replay":
                     return None
                 elif k == b"connection" and not named:
-                    tokens = h.connection_tokens(head.headers)
-                    if tokens & _RESPONSE_ADDED:
+                    extra = h.connection_tokens(head.headers) - special  # `keep-alive`, `close`: dropped anyway
+                    if extra & _RESPONSE_ADDED:
                         return None
-                    return self._fields(head, special | tokens, True)
+                    if extra:
+                        return self._fields(head, special | extra, True)
                 continue
             parts += [k, b": ", v, b"\r\n"]
         proxy = self.proxy

@@ -365,9 +365,9 @@ class EdgeProxy:
         return True
 
     def _local_free(self, app: AppRoute, own: str | None) -> MachineRoute | None:
-        """Rule 2's first tier without building candidates: when some healthy local machine is below its soft
-        (and hard) limit, `Chooser.choose` with no steering picks the nearest of those, whatever the others'
-        state, so only their load counters (and health) are read here. None: ask the full chooser."""
+        """`Chooser.choose` without steering, when some usable local machine exists, without building
+        candidates: then the choice is among local machines only (rule 3), whatever remote ones look like, so
+        only their load counters and health are read here. None: ask the full chooser."""
         plan = self.table.local_plan(app, self.region)
         if not plan.local:
             return None
@@ -377,16 +377,28 @@ class EdgeProxy:
         check = bool(health.active or health.down_until)
         soft, hard = plan.soft, plan.hard
         free: list[MachineRoute] = []
+        busy: list[tuple[float, MachineRoute]] = []
         for m in plan.local:
             if check and not health.healthy(m.id):
                 continue
             load = book.get(m.id, 0)
             if own_counts and own == m.id:
                 load -= 1
-            if load < soft and (hard is None or load < hard):
+            if hard is not None and load >= hard:
+                continue
+            if load < soft:
                 free.append(m)
-        if len(free) <= 1:
-            return free[0] if free else None
+            elif not free:
+                busy.append((load / soft, m))
+        if not free:
+            # Every usable local machine above its soft limit: rule 3 keeps the request local, on the least
+            # loaded relative to its soft limit (`Chooser._choose`'s last tier).
+            if not busy:
+                return None
+            least = min(ratio for ratio, _ in busy)
+            free = [m for ratio, m in busy if ratio <= least]
+        if len(free) == 1:
+            return free[0]
         chooser = self.chooser  # Chooser._nearest on the same figures
         rtts = [self.rtt.rtt(m.host) for m in free]
         best = min(rtts)
@@ -417,7 +429,8 @@ class EdgeProxy:
                     tokens = h.connection_tokens(head.headers)
                     if tokens & _FAST_APPENDED:
                         return None  # naming a field we append to: the general path's rules, exactly
-                    return self._fast_request_head(ex, request_id, special | tokens, True)
+                    if tokens - special:  # `keep-alive`, `close` are dropped anyway: no second pass
+                        return self._fast_request_head(ex, request_id, special | tokens, True)
                 continue
             if k == b"host":
                 has_host = True

@@ -142,14 +142,23 @@ def response_framing(status: int, headers: Headers, request_method: bytes) -> tu
     """How a response body is delimited (RFC 9112 §6.3 rules 1-7)."""
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         return "none", 0
-    te = get(headers, b"transfer-encoding")
+    te: bytes | None = None
+    cl: bytes | None = None
+    conflict = False
+    for key, value in headers:  # one pass: this runs for every response
+        if key == b"content-length":
+            if cl is None:
+                cl = value
+            elif value != cl:
+                conflict = True
+        elif key == b"transfer-encoding" and te is None:
+            te = value
     if te is not None:
         return ("chunked", 0) if te.lower().rstrip().endswith(b"chunked") else ("close", 0)
-    cl = get_all(headers, b"content-length")
-    if cl:
-        if len(set(cl)) > 1 or not cl[0].strip().isdigit():
+    if cl is not None:
+        if conflict or not cl.strip().isdigit():
             raise HttpError(502, "PR06", "upstream sent an invalid Content-Length")
-        return "length", int(cl[0].strip())
+        return "length", int(cl.strip())
     return "close", 0
 
 

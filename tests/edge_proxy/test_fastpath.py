@@ -4,6 +4,7 @@ answers, and the first attempt's failures (dead pooled connection, timeout, fly-
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 from edge_proxy.http1.server import Exchange
@@ -92,3 +93,29 @@ async def test_fast_path_replay(tmp_path: Path) -> None:
         assert taken == [True] and r.status == 200 and r.json()["machine"] == "sjc1"
         assert dict(r.json()["headers"])["fly-replay-src"].endswith(";state=s1")
         assert lab.service.proxy.metrics.counters["sixpn_edge_replays_total"]
+
+
+@aio
+async def test_local_tier_shortcut_agrees_with_the_chooser(tmp_path: Path) -> None:
+    config = {"app": "web", "http_service": {"internal_port": 8080, "concurrency": {
+        "type": "connections", "soft_limit": 3, "hard_limit": 5}}}
+    machines = {"gru1": ("web", "gru"), "gru2": ("web", "gru"), "gru3": ("web", "gru"), "gig1": ("web", "gig")}
+    async with edge_lab(tmp_path, machines, app_config=config) as lab:
+        proxy = lab.service.proxy
+        app = proxy.table.apps["web"]
+        ids = list(lab.machines.values())
+        rng = random.Random(7)
+        agreed = 0
+        for _ in range(500):
+            proxy.load.connections = {m: rng.randint(0, 6) for m in ids if rng.random() < 0.8}
+            proxy.health.down_until = {m: 1e18 for m in ids if rng.random() < 0.2}
+            own = rng.choice([None, *ids])
+            proxy.chooser.rng.seed(1)
+            quick = proxy._local_free(app, own)
+            proxy.chooser.rng.seed(1)
+            decision = proxy.chooser.choose(proxy.candidates(app, own))
+            if quick is not None:
+                agreed += 1
+                assert decision.outcome == "ok" and decision.machine is not None
+                assert decision.machine.id == quick.id
+        assert agreed > 100
