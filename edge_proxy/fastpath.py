@@ -10,6 +10,7 @@ task from a `Pending` that carries this attempt's outcome, so both paths share o
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from edge_proxy.errors import UpstreamError
@@ -114,6 +115,18 @@ class Relay(_Flow):
         parts += [b"server: ", proxy.server_name, b"\r\nvia: ", via + b", " + proxy.via if via else proxy.via,
                   b"\r\nfly-request-id: ", self.rid, b"\r\n"]
         return b"".join(parts)
+
+    # The first-byte clock on the client connection's sweeper instead of a timer per request.
+    def body_sent(self) -> None:
+        if self.first_byte and self.head_pending:
+            conn = self.ex.conn
+            conn.first_byte_at = time.monotonic() + self.first_byte
+            conn.first_byte_late = self.first_byte_timeout
+
+    def cancel_timer(self) -> None:
+        conn = self.ex.conn
+        conn.first_byte_at = 0.0
+        conn.first_byte_late = None
 
     # -- how the attempt ends -------------------------------------------------------------------------
 

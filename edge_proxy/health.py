@@ -73,7 +73,7 @@ class LoadBook:
             book[machine_id] = value
         else:
             book.pop(machine_id, None)
-        if delta < 0:
+        if delta < 0 and self._waiters:
             self._wake()
 
     async def wait_for_capacity(self, timeout: float) -> bool:

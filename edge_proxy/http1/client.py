@@ -127,7 +127,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._in_info = False
         framing, length = h.response_framing(status, self._headers, self.method)
-        version = self.parser.get_http_version().encode()
+        raw_version = self.parser.get_http_version()
+        version = h.VERSIONS.get(raw_version) or raw_version.encode()
         keep = self.parser.should_keep_alive() and framing != "close"
         head = h.ResponseHead(status=status, headers=self._headers, reason=self._reason,
                               version=version, framing=framing, content_length=length, keep_alive=keep)
@@ -275,7 +276,8 @@ class UpstreamPool:
         if not conn.reusable or len(idle) >= self.max_idle:
             conn.close()
             return
-        conn.pause_reading(False)
+        if conn._paused:
+            conn.pause_reading(False)
         conn.idle_since = time.monotonic()
         idle.append(conn)
         self._wake(conn.key)

@@ -38,6 +38,7 @@ __all__ = ["Exchange", "Handler", "ServerConnection", "ServerLimits", "error_res
 Handler = Callable[[Exchange], Awaitable[None]]
 #: Fields whose presence changes how the head is read (framing, Expect): noted while parsing.
 _NOTED = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+_NONE: frozenset[bytes] = frozenset()
 
 
 class ServerConnection(asyncio.Protocol):
@@ -74,13 +75,17 @@ class ServerConnection(asyncio.Protocol):
         self._url = b""
         self._headers: h.Headers = []
         self._size = 0
-        self._noted: set[bytes] = set()  # which of _NOTED the head carries
+        self._noted: frozenset[bytes] = _NONE  # which of _NOTED the head carries (rarely any: no set per request)
         self._paused: set[str] = set()
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._deadline = 0.0  # monotonic time of the pending head/idle timeout; 0 = none
         self._body_seen = 0.0  # when request body bytes last arrived (for body_timeout)
         self._swept = False  # registered with the loop's sweeper
+        # A fast-path exchange's first-byte deadline, checked by the sweeper like the head/idle ones (no
+        # call_later + cancel per request); 0 = none. One exchange at a time is forwarded per connection.
+        self.first_byte_at = 0.0
+        self.first_byte_late: Callable[[], None] | None = None
         self._eof = False  # the client half-closed: answer what is in flight, then close
         self._task: asyncio.Task[None] | None = None
 
@@ -170,7 +175,7 @@ class ServerConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._size = 0
-        self._noted = set()
+        self._noted = _NONE
         if self._current is None:
             self._arm(self.limits.header_timeout)
 
@@ -182,7 +187,7 @@ class ServerConnection(asyncio.Protocol):
         self._headers.append((name, value))
         self._size += len(name) + len(value) + 4
         if name in _NOTED:
-            self._noted.add(name)
+            self._noted = self._noted | {name}
         if len(self._headers) > self.limits.max_headers:
             raise HttpError(431, "PH02", "too many header fields")
 
@@ -191,8 +196,8 @@ class ServerConnection(asyncio.Protocol):
         if self._size + len(self._url) > self.limits.max_head_bytes:
             raise HttpError(431, "PH02", "request head too large")
         parser = self.parser
-        version = parser.get_http_version().encode()
-        if version not in (b"1.1", b"1.0"):
+        version = h.VERSIONS.get(parser.get_http_version())
+        if version is None:
             raise HttpError(505, "PH01", "HTTP version not supported")
         headers = self._headers
         noted = self._noted

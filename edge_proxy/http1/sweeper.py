@@ -1,5 +1,6 @@
-"""Coarse timeouts for many connections: one timer per loop checks every connection's deadline each SWEEP
-seconds, instead of a call_later + cancel per request on the hot path."""
+"""Coarse timeouts for many connections: one timer per loop checks every connection's deadlines (head/idle,
+body, and a fast-path request's first byte) each SWEEP seconds, instead of a call_later + cancel per request
+on the hot path."""
 
 from __future__ import annotations
 
@@ -34,9 +35,14 @@ class Sweeper:
         self.handle = None
         now = time.monotonic()
         for conn in list(self.conns):
+            if conn.first_byte_at and conn.first_byte_at <= now and conn.first_byte_late is not None:
+                late, conn.first_byte_late, conn.first_byte_at = conn.first_byte_late, None, 0.0
+                late()
             if conn.closed:
-                self.conns.discard(conn)
-            elif conn._deadline and conn._deadline <= now:
+                if not conn.first_byte_at:  # a gone client's request still waiting upstream keeps its clock
+                    self.conns.discard(conn)
+                continue
+            if conn._deadline and conn._deadline <= now:
                 conn._timeout()
             else:
                 conn._check_body(now)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge_proxy.http1.server import Exchange
 from edge_proxy.proxy import EdgeProxy
-from tests.edge_proxy.harness import edge_lab, request
+from tests.edge_proxy.harness import edge_lab, raw, request
 from tests.edge_proxy.test_proxy import aio
 
 
@@ -119,3 +119,17 @@ async def test_local_tier_shortcut_agrees_with_the_chooser(tmp_path: Path) -> No
                 assert decision.outcome == "ok" and decision.machine is not None
                 assert decision.machine.id == quick.id
         assert agreed > 100
+
+
+@aio
+async def test_fast_path_client_gone_while_upstream_silent(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, first_byte_timeout=0.4) as lab:
+        assert (await request(lab.port)).status == 200
+        taken = count_fast(lab.service.proxy)
+        # The client leaves after 0.1 s; the machine would answer after 3 s: the first-byte clock still runs.
+        await raw(lab.port, b"GET /slow HTTP/1.1\r\nHost: web.sixpn.test\r\n\r\n", timeout=0.1)
+        assert taken == [True]
+        await asyncio.sleep(0.8)
+        proxy = lab.service.proxy
+        assert proxy.load.requests == {}
+        assert 'status="504"' in proxy.metrics.render()
