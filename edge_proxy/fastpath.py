@@ -10,7 +10,6 @@ task from a `Pending` that carries this attempt's outcome, so both paths share o
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from edge_proxy.errors import UpstreamError
@@ -60,13 +59,13 @@ class Relay(_Flow):
     """ResponseSink of one fast-path request: streams the response, then accounts for it and ends the exchange."""
 
     def __init__(self, proxy: EdgeProxy, ex: Exchange, conn: UpstreamConnection, app: AppRoute,
-                 machine: MachineRoute, request_id: str, info: dict[str, object], started: float) -> None:
+                 machine: MachineRoute, request_id: str, rid: bytes, info: dict[str, object], started: float) -> None:
         super().__init__(ex, conn, _keep)
         self.proxy = proxy
         self.app = app
         self.machine = machine
         self.request_id = request_id
-        self.rid = request_id.encode()
+        self.rid = rid
         self.info = info
         self.started = started
 
@@ -120,7 +119,7 @@ class Relay(_Flow):
     def body_sent(self) -> None:
         if self.first_byte and self.head_pending:
             conn = self.ex.conn
-            conn.first_byte_at = time.monotonic() + self.first_byte
+            conn.first_byte_at = self.started + self.first_byte  # sent in the same callback it started in
             conn.first_byte_late = self.first_byte_timeout
 
     def cancel_timer(self) -> None:

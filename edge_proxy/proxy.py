@@ -27,7 +27,7 @@ from edge_proxy.errors import HttpError, UpstreamError
 from edge_proxy.fastpath import Pending, Relay
 from edge_proxy.health import HealthBook, LoadBook, RttBook
 from edge_proxy.http1 import head as h
-from edge_proxy.http1.client import UpstreamPool
+from edge_proxy.http1.client import Key, UpstreamPool
 from edge_proxy.http1.forward import REQUEST_OWN, BodyTee, ForwardResult, Timeouts, forward
 from edge_proxy.http1.server import Exchange, ServerConnection
 from edge_proxy.metrics import Labels, Metrics
@@ -46,7 +46,7 @@ from edge_proxy.routing import (
     replay_steering,
     steering_from_headers,
 )
-from edge_proxy.table import AppRoute, MachineRoute, Resolver, RoutingTable, default_resolver
+from edge_proxy.table import AppRoute, LocalPlan, MachineRoute, Resolver, RoutingTable, default_resolver
 
 log = logging.getLogger("edge_proxy")
 
@@ -96,12 +96,14 @@ class EdgeProxy:
         self._id_seq = 0
         self._fixed_headers: dict[tuple[int, str], bytes] = {}
         self._default_steer = Steering()
+        self._keys: dict[str, Key] = {}  # machine id -> upstream (host, port): the resolver is fixed
         self._metric_keys: dict[tuple[str, int], tuple[Labels, Labels]] = {}
 
     # -- state from the catalog -------------------------------------------------------------------
 
     def update(self, state: State) -> None:
         self.table = RoutingTable(state, self.config.domain)
+        self._keys = {}  # a machine's address can change with the catalog
         self.pool.retain({self.resolve(m) for app in self.table.apps.values() for m in app.machines if m.started})
 
     def candidates(self, app: AppRoute, own: str | None = None) -> list[Candidate]:
@@ -335,7 +337,8 @@ class EdgeProxy:
         if app is None:
             return False
         own = ex.conn.state.get("machine")
-        machine = self._local_free(app, own)
+        plan = self.table.local_plan(app, self.region)
+        machine = self._local_free(plan, own)
         if machine is None:
             decision = self.chooser.choose(self.candidates(app, own), self._default_steer)
             candidate = decision.machine
@@ -343,32 +346,36 @@ class EdgeProxy:
                 return False
             machine = self.table.machines[candidate.id]
         request_id = self.next_request_id()
-        request = self._fast_request_head(ex, request_id)
+        rid = request_id.encode()
+        request = self._fast_request_head(ex, rid)
         if request is None:
             return False
-        upstream = self.pool.take_idle(self.resolve(machine))
+        key = self._keys.get(machine.id)
+        if key is None:
+            key = self._keys[machine.id] = self.resolve(machine)
+        now = time.monotonic()  # one clock read for the pool, the request's start and its first-byte deadline
+        upstream = self.pool.take_idle(key, now)
         if upstream is None:
             return False  # connecting (or waiting for a free slot) is the general path's business
         # Committed from here on: counted, sent, and answered by the Relay.
-        started = time.monotonic()
-        if app.idle_timeout is not None:
-            ex.conn.idle_timeout = app.idle_timeout
+        if plan.idle_timeout is not None:
+            ex.conn.idle_timeout = plan.idle_timeout
         info: dict[str, object] = {"app": app.name, "machine": machine.id, "region": machine.region,
                                    "retries": 0, "replays": 0}
-        self._count_connection(ex.conn, machine.id, app.concurrency.type)
+        if plan.kind == "connections":
+            self._count_connection(ex.conn, machine.id, plan.kind)
         self.load.add(self.load.requests, machine.id, 1)
-        relay = Relay(self, ex, upstream, app, machine, request_id, info, started)
+        relay = Relay(self, ex, upstream, app, machine, request_id, rid, info, now)
         upstream.begin(relay, head.method)
         upstream.write(request)
         relay.request_sent = True
         relay.arm(self.timeouts.first_byte, body_pending=False)
         return True
 
-    def _local_free(self, app: AppRoute, own: str | None) -> MachineRoute | None:
+    def _local_free(self, plan: LocalPlan, own: str | None) -> MachineRoute | None:
         """`Chooser.choose` without steering, when some usable local machine exists, without building
         candidates: then the choice is among local machines only (rule 3), whatever remote ones look like, so
         only their load counters and health are read here. None: ask the full chooser."""
-        plan = self.table.local_plan(app, self.region)
         if not plan.local:
             return None
         book = self.load.requests if plan.kind == "requests" else self.load.connections
@@ -406,7 +413,7 @@ class EdgeProxy:
         tied = [m for m, rtt in zip(free, rtts, strict=True) if rtt <= best + window]
         return tied[0] if len(tied) == 1 else chooser.rng.choice(tied)
 
-    def _fast_request_head(self, ex: Exchange, request_id: str, special: frozenset[bytes] = _FAST_SPECIAL,
+    def _fast_request_head(self, ex: Exchange, request_id: bytes, special: frozenset[bytes] = _FAST_SPECIAL,
                            named: bool = False) -> bytes | None:
         """The upstream request head as one bytes object, or None when the request needs the general path
         (steering headers). Same fields, in the same order, as `_request_headers` + `request_head_bytes`
@@ -449,7 +456,7 @@ class EdgeProxy:
                 + b"\r\nfly-region: " + self.region_bytes + b"\r\n")
         parts += [b"fly-client-ip: ", ip, b"\r\nx-forwarded-for: ", xff + b", " + ip if xff else ip, b"\r\n",
                   fixed, b"via: ", via + b", " + self.via if via else self.via, b"\r\nfly-request-id: ",
-                  request_id.encode(), b"\r\n"]
+                  request_id, b"\r\n"]
         if not has_host and head.host:
             parts += [b"host: ", head.host, b"\r\n"]
         if head.method in (b"POST", b"PUT", b"PATCH"):

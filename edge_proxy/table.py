@@ -55,6 +55,7 @@ class LocalPlan:
     soft: int
     hard: int | None
     local: tuple[MachineRoute, ...]
+    idle_timeout: float | None
 
 
 class RoutingTable:
@@ -106,7 +107,8 @@ class RoutingTable:
         if plan is None:
             conc = app.concurrency
             local = tuple(m for m in app.machines if m.started and m.region == region)
-            plan = self._plans[(app.name, region)] = LocalPlan(conc.type, conc.soft_limit, conc.hard_limit, local)
+            plan = self._plans[(app.name, region)] = LocalPlan(conc.type, conc.soft_limit, conc.hard_limit, local,
+                                                               app.idle_timeout)
         return plan
 
     def machine(self, machine_id: str) -> MachineRoute | None:

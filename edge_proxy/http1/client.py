@@ -212,10 +212,12 @@ class UpstreamPool:
     def open_count(self, key: Key) -> int:
         return self._open.get(key, 0)
 
-    def take_idle(self, key: Key) -> UpstreamConnection | None:
-        """A pooled connection, without waiting (the fast path)."""
+    def take_idle(self, key: Key, now: float = 0.0) -> UpstreamConnection | None:
+        """A pooled connection, without waiting (the fast path). `now`: the caller's monotonic clock reading."""
         idle = self._idle.get(key)
-        now = time.monotonic()
+        if not idle:
+            return None
+        now = now or time.monotonic()
         while idle:
             conn = idle.pop()  # most recently used: least likely to have been closed by the server
             if not conn.closed and now - conn.idle_since < self.idle_timeout:

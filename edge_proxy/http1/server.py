@@ -358,6 +358,8 @@ class ServerConnection(asyncio.Protocol):
                 fut.set_result(None)
 
     def set_paused(self, reason: str, paused: bool) -> None:
+        if not paused and not self._paused:
+            return  # the common call: resuming what was never paused
         before = bool(self._paused)
         if paused:
             self._paused.add(reason)

@@ -111,7 +111,7 @@ async def test_local_tier_shortcut_agrees_with_the_chooser(tmp_path: Path) -> No
             proxy.health.down_until = {m: 1e18 for m in ids if rng.random() < 0.2}
             own = rng.choice([None, *ids])
             proxy.chooser.rng.seed(1)
-            quick = proxy._local_free(app, own)
+            quick = proxy._local_free(proxy.table.local_plan(app, "gru"), own)
             proxy.chooser.rng.seed(1)
             decision = proxy.chooser.choose(proxy.candidates(app, own))
             if quick is not None:
