@@ -102,7 +102,7 @@ class Relay(_Flow):
                     via = via + b", " + v if via else v
                 elif k == b"fly-replay":
                     return None
-                elif k == b"connection" and not named:
+                elif k == b"connection" and not named and v not in h.PLAIN_CONNECTION:
                     extra = h.connection_tokens(head.headers) - special  # `keep-alive`, `close`: dropped anyway
                     if extra & _RESPONSE_ADDED:
                         return None

@@ -431,7 +431,7 @@ class EdgeProxy:
                     xff = xff + b", " + v if xff else v
                 elif k == b"via":
                     via = via + b", " + v if via else v
-                elif k == b"connection" and not named:
+                elif k == b"connection" and not named and v not in h.PLAIN_CONNECTION:
                     # Rare enough to pay a second pass: fields it names are hop-by-hop (RFC 9110 §7.6.1).
                     tokens = h.connection_tokens(head.headers)
                     if tokens & _FAST_APPENDED:

@@ -24,6 +24,9 @@ HOP_BY_HOP = frozenset({
 })
 #: httptools' version strings -> the bytes kept in heads (no encode per message).
 VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+#: Connection header values naming only fields that are hop-by-hop anyway: no token parsing needed. (Not
+#: `close`: it names a field `close`, which must then be dropped too.)
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade"})
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]{1,5})?$")
