@@ -10,6 +10,7 @@ task from a `Pending` that carries this attempt's outcome, so both paths share o
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from edge_proxy.errors import UpstreamError
@@ -57,6 +58,8 @@ class Pending:
 
 class Relay(_Flow):
     """ResponseSink of one fast-path request: streams the response, then accounts for it and ends the exchange."""
+
+    __slots__ = ("app", "info", "machine", "proxy", "request_id", "rid", "started")
 
     def __init__(self, proxy: EdgeProxy, ex: Exchange, conn: UpstreamConnection, app: AppRoute,
                  machine: MachineRoute, request_id: str, rid: bytes, info: dict[str, object], started: float) -> None:
@@ -144,20 +147,21 @@ class Relay(_Flow):
         ex, conn = self.ex, self.conn
         if not ex.body.done or ex.body.error is not None:
             conn.reusable = False
+        now = time.monotonic()  # one clock read for the pool, the metrics and the keep-alive timeout
         if conn.tunnel:
             conn.close()
         else:
-            self.proxy.pool.release(conn)
-        self._done()
+            self.proxy.pool.release(conn, now)
+        self._done(now)
 
     def _end_failed(self, exc: UpstreamError) -> None:
         if self.discard:
             self.conn.abort()
         elif not self.ex.finished:
             self.ex.abort()
-        self._done()
+        self._done(time.monotonic())
 
-    def _done(self) -> None:
+    def _done(self, now: float) -> None:
         self._settle()
         head = self.head
         assert head is not None
@@ -166,8 +170,8 @@ class Relay(_Flow):
             return
         self.info["status"] = head.status
         ex = self.ex
-        self.proxy.finish(ex, self.request_id, self.info, self.started)
-        ex.conn.done(ex)
+        self.proxy.finish(ex, self.request_id, self.info, self.started, now)
+        ex.conn.done(ex, now)
 
     def _settle(self) -> None:
         """What `forward` and `EdgeProxy._forward` undo after every attempt."""

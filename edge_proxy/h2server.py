@@ -223,7 +223,7 @@ class H2Server(ServerConnection):
     async def _run_stream(self, ex: H2Exchange) -> None:
         await self._run(ex, self.handler)
 
-    def _finish(self, ex: Exchange) -> None:
+    def _finish(self, ex: Exchange, now: float = 0.0) -> None:
         """Called by ServerConnection._run after the handler. The stream lives on while response bytes still
         wait for the client's window; it is forgotten once its last frame went out (or it was reset)."""
         assert isinstance(ex, H2Exchange)

@@ -515,8 +515,9 @@ class EdgeProxy:
 
     # -- after each request ----------------------------------------------------------------------------
 
-    def finish(self, ex: Exchange, request_id: str, info: dict[str, object], started: float) -> None:
-        elapsed = time.monotonic() - started
+    def finish(self, ex: Exchange, request_id: str, info: dict[str, object], started: float,
+               now: float = 0.0) -> None:
+        elapsed = (now or time.monotonic()) - started
         app = str(info.get("app") or "")
         status = ex.status or 499
         keys = self._metric_keys.get((app, status))

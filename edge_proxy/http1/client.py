@@ -269,7 +269,7 @@ class UpstreamPool:
         self.last_connect_time[key] = time.monotonic() - started
         return proto
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection, now: float = 0.0) -> None:
         """Return a connection after a complete exchange; it is kept only if still reusable."""
         conn.sink = None
         if conn.closed:
@@ -280,7 +280,7 @@ class UpstreamPool:
             return
         if conn._paused:
             conn.pause_reading(False)
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now or time.monotonic()
         idle.append(conn)
         self._wake(conn.key)
 

@@ -93,6 +93,9 @@ class _Flow:
     """ResponseSink for one forwarded request. Subclasses say what happens when the head arrives
     (`_head_ready`/`_head_failed`) and when the exchange ends (`_ended`/`_end_failed`)."""
 
+    __slots__ = ("chunked_out", "conn", "discard", "end_pending", "ex", "first_byte", "head", "head_pending",
+                 "loop", "on_head", "request_sent", "timer")
+
     def __init__(self, ex: Exchange, conn: UpstreamConnection, on_head: Callable[[h.ResponseHead], bool]) -> None:
         self.ex = ex
         self.conn = conn
@@ -240,6 +243,8 @@ class _Flow:
 
 class _AwaitFlow(_Flow):
     """The flow `forward` awaits: head and end reported through two futures."""
+
+    __slots__ = ("done_fut", "head_fut")
 
     def __init__(self, ex: Exchange, conn: UpstreamConnection, on_head: Callable[[h.ResponseHead], bool]) -> None:
         super().__init__(ex, conn, on_head)

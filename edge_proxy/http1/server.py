@@ -252,10 +252,10 @@ class ServerConnection(asyncio.Protocol):
         """A fast-path exchange continues as a task (retry, fly-replay): `work` answers it."""
         self._task = self._loop.create_task(self._run(ex, work))
 
-    def done(self, ex: Exchange) -> None:
-        """A fast-path exchange is over: next request, or close."""
+    def done(self, ex: Exchange, now: float = 0.0) -> None:
+        """A fast-path exchange is over: next request, or close. `now`: the caller's monotonic clock reading."""
         if self._current is ex:
-            self._finish(ex)
+            self._finish(ex, now)
 
     async def _run(self, ex: Exchange, work: Handler) -> None:
         ex.dispatched = True
@@ -277,7 +277,7 @@ class ServerConnection(asyncio.Protocol):
                 ex.abort()
         self._finish(ex)
 
-    def _finish(self, ex: Exchange) -> None:
+    def _finish(self, ex: Exchange, now: float = 0.0) -> None:
         if not ex.finished:
             ex.abort()
         self._current = None
@@ -295,7 +295,7 @@ class ServerConnection(asyncio.Protocol):
         elif self._in_head:
             self._arm(self.limits.header_timeout)
         else:
-            self._arm(self.idle_timeout)
+            self._arm(self.idle_timeout, now)
 
     def _fail(self, exc: HttpError) -> None:
         """A broken request: answer it (if nothing is in flight) and close; never forward it."""
@@ -377,10 +377,10 @@ class ServerConnection(asyncio.Protocol):
     def _body_pressure(self, paused: bool) -> None:
         self.set_paused("body", paused)
 
-    def _arm(self, delay: float) -> None:
+    def _arm(self, delay: float, now: float = 0.0) -> None:
         # A deadline checked by the loop's sweeper instead of a timer per request: two float stores on the
         # hot path instead of a call_later + cancel (timeouts fire within SWEEP seconds of their due time).
-        self._deadline = time.monotonic() + delay
+        self._deadline = (now or time.monotonic()) + delay
         if not self._swept:
             self._swept = True
             sweeper(self._loop).add(self)
