@@ -103,12 +103,27 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def measured(pid: int, port: int, duration: int, connections: int) -> tuple[float, float, float, float]:
-    """wrk figures plus the proxy's CPU microseconds per request (independent of other load on the box)."""
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (nginx: master + worker), MiB."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def measured(pid: int, port: int, duration: int, connections: int) -> tuple[float, float, float, float, float]:
+    """wrk figures plus the proxy's CPU microseconds per request (independent of other load on the box) and its
+    RSS after the run."""
     before = cpu_seconds(pid)
     rps, p50, p99 = wrk(port, "web.sixpn.test", duration, connections)
     used = cpu_seconds(pid) - before
-    return rps, p50, p99, used / (rps * duration) * 1e6
+    return rps, p50, p99, used / (rps * duration) * 1e6, rss_mib(pid)
 
 
 def wrk(port: int, host: str, duration: int, connections: int) -> tuple[float, float, float]:
@@ -169,14 +184,17 @@ def run(tmp: Path, duration: int, connections: int) -> None:
         nginx = measured(nginx_proc.pid, nginx_port, duration, connections)
         edge = measured(edge_proc.pid, edge_port, duration, connections)
     print(f"direct: {direct[0]:.0f} rps p50 {direct[1]:.2f} ms p99 {direct[2]:.2f} ms")
-    print(f"nginx:  {nginx[0]:.0f} rps p50 {nginx[1]:.2f} ms p99 {nginx[2]:.2f} ms, {nginx[3]:.1f} us CPU/request")
-    print(f"edge:   {edge[0]:.0f} rps p50 {edge[1]:.2f} ms p99 {edge[2]:.2f} ms, {edge[3]:.1f} us CPU/request")
+    print(f"nginx:  {nginx[0]:.0f} rps p50 {nginx[1]:.2f} ms p99 {nginx[2]:.2f} ms, {nginx[3]:.1f} us CPU/request, "
+          f"RSS {nginx[4]:.1f} MiB")
+    print(f"edge:   {edge[0]:.0f} rps p50 {edge[1]:.2f} ms p99 {edge[2]:.2f} ms, {edge[3]:.1f} us CPU/request, "
+          f"RSS {edge[4]:.1f} MiB")
     print(
         f"edge_rps={edge[0]:.0f} nginx_rps={nginx[0]:.0f} ratio={edge[0] / nginx[0]:.2f} "
         f"edge_added_p50_ms={edge[1] - direct[1]:.2f} edge_added_p99_ms={edge[2] - direct[2]:.2f} "
         f"nginx_added_p50_ms={nginx[1] - direct[1]:.2f} nginx_added_p99_ms={nginx[2] - direct[2]:.2f} "
         f"edge_cpu_us_per_req={edge[3]:.1f} nginx_cpu_us_per_req={nginx[3]:.1f} "
-        f"cpu_ratio={nginx[3] / edge[3]:.2f} connections={connections} duration_s={duration}"
+        f"cpu_ratio={nginx[3] / edge[3]:.2f} edge_rss_mib={edge[4]:.1f} nginx_rss_mib={nginx[4]:.1f} "
+        f"connections={connections} duration_s={duration}"
     )
 
 
