@@ -274,7 +274,9 @@ class UpstreamPool:
         conn.sink = None
         if conn.closed:
             return
-        idle = self._idle.setdefault(conn.key, deque())
+        idle = self._idle.get(conn.key)
+        if idle is None:  # not setdefault(key, deque()): that builds a deque on every release
+            idle = self._idle[conn.key] = deque()
         if not conn.reusable or len(idle) >= self.max_idle:
             conn.close()
             return
