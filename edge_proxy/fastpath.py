@@ -118,6 +118,14 @@ class Relay(_Flow):
                   b"\r\nfly-request-id: ", self.rid, b"\r\n"]
         return b"".join(parts)
 
+    def response_data(self, data: bytes) -> None:
+        if not self.discard:
+            ex = self.ex
+            if ex._chunked:
+                ex.write(data)
+            elif data:
+                ex._write(data)  # Content-Length framing: `write` minus a call
+
     # The first-byte clock on the client connection's sweeper instead of a timer per request.
     def body_sent(self) -> None:
         if self.first_byte and self.head_pending:
