@@ -133,3 +133,23 @@ async def test_fast_path_client_gone_while_upstream_silent(tmp_path: Path) -> No
         proxy = lab.service.proxy
         assert proxy.load.requests == {}
         assert 'status="504"' in proxy.metrics.render()
+
+
+@aio
+async def test_fast_path_head_http10_and_chunked(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+        assert (await request(lab.port)).status == 200
+        taken = count_fast(lab.service.proxy)
+        size = len((await request(lab.port)).body)
+        r = await request(lab.port, method="HEAD")  # the echoed method is one byte longer than GET
+        assert r.status == 200 and r.body == b"" and r.header("content-length") == str(size + 1)
+        assert (await request(lab.port)).status == 200  # the HEAD's upstream connection was not reused
+        out = await raw(lab.port, b"GET / HTTP/1.0\r\nHost: web.sixpn.test\r\n\r\n")
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+        assert b"transfer-encoding" not in head.lower() and b'"machine": "gru1"' in body
+        r = await request(lab.port, path="/stream")
+        assert r.status == 200 and r.header("transfer-encoding") == "chunked"
+        assert r.body == b"".join(b"tick %d\n" % i for i in range(5))
+        assert taken == [True, True, False, True, True]  # after the HEAD: a new upstream connection
+        assert lab.service.proxy.load.requests == {}
