@@ -80,7 +80,7 @@ class Relay(_Flow):
     def response_head(self, head: h.ResponseHead) -> None:
         """`_Flow.response_head` + `EdgeProxy.response_headers` in one pass, straight to bytes, for a response
         with a body; anything else (fly-replay, 101, bodiless) takes the general code."""
-        if head.framing == "none" or head.status == 101:
+        if head.framing == "none" or head.status == 101 or self.ex.finished:
             super().response_head(head)
             return
         fields = self._fields(head, _RESPONSE_SPECIAL, False)

@@ -130,7 +130,9 @@ class _Flow:
 
     def response_head(self, head: h.ResponseHead) -> None:
         self.head = head
-        if not self._accept(head):
+        if self.ex.finished:
+            pass  # the client connection answered this exchange itself (a broken request followed it): drop it
+        elif not self._accept(head):
             self.discard = True
         elif head.status == 101:
             self._start_tunnel(head)

@@ -153,3 +153,19 @@ async def test_fast_path_head_http10_and_chunked(tmp_path: Path) -> None:
         assert r.body == b"".join(b"tick %d\n" % i for i in range(5))
         assert taken == [True, True, False, True, True]  # after the HEAD: a new upstream connection
         assert lab.service.proxy.load.requests == {}
+
+
+@aio
+async def test_request_then_garbage_in_one_read_never_marks_the_machine_down(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+        assert (await request(lab.port)).status == 200
+        taken = count_fast(lab.service.proxy)
+        out = await raw(lab.port, b"GET / HTTP/1.1\r\nHost: web.sixpn.test\r\n\r\n\x01garbage\r\n\r\n", timeout=1.0)
+        assert taken == [True]  # already on its way upstream when the garbage was parsed
+        assert b"400" in out.split(b"\r\n", 1)[0]
+        await asyncio.sleep(0.2)
+        proxy = lab.service.proxy
+        assert proxy.health.healthy(lab.machines["gru1"]) and proxy.load.requests == {}
+        assert (await request(lab.port)).status == 200
+        # The orphaned response was read to its end: its upstream connection went back to the pool.
+        assert taken == [True, True] and proxy.pool.connects == 1
