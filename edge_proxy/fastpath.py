@@ -1,11 +1,12 @@
 """The edge's fast path: a keep-alive request without a body, routed to a pooled upstream connection, driven
 by Protocol callbacks from head to end (no task, no future, no coroutine per request).
 
-`EdgeProxy.fast` builds the upstream request head in one pass on bytes and hands it to a `Relay`, the
-response sink that streams the answer back (the same `_Flow` machinery `forward` uses). Whatever the fast path
-does not cover is passed on, before anything was sent, to the general `EdgeProxy.handle`; a first attempt that
-needs more (a retry after a dead pooled connection, a fly-replay, an upstream timeout) continues there as a
-task from a `Pending` that carries this attempt's outcome, so both paths share one set of rules.
+`start` (what `EdgeProxy.fast` calls) routes with `local_free` (the chooser's answer from a per-table plan and
+the load counters), builds the upstream request head in one pass on bytes (`request_head`) and hands it to a
+`Relay`, the response sink that streams the answer back (the same `_Flow` machinery `forward` uses). Whatever
+the fast path does not cover is passed on, before anything was sent, to the general `EdgeProxy.handle`; a first
+attempt that needs more (a retry after a dead pooled connection, a fly-replay, an upstream timeout) continues
+there as a task from a `Pending` that carries this attempt's outcome, so both paths share one set of rules.
 """
 
 from __future__ import annotations
@@ -16,18 +17,168 @@ from typing import TYPE_CHECKING
 from edge_proxy.errors import UpstreamError
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import UpstreamConnection
-from edge_proxy.http1.forward import FRAMING, ForwardResult, _Flow
+from edge_proxy.http1.forward import FRAMING, REQUEST_OWN, ForwardResult, _Flow
 from edge_proxy.http1.server import Exchange
-from edge_proxy.table import AppRoute, MachineRoute
+from edge_proxy.routing import STEERING_HEADERS
+from edge_proxy.table import AppRoute, LocalPlan, MachineRoute
 
 if TYPE_CHECKING:
     from edge_proxy.proxy import EdgeProxy
 
 
+#: Request fields a client must not be able to set: the edge owns them (both paths drop them).
+OWNED = frozenset({
+    b"fly-client-ip", b"fly-region", b"fly-request-id", b"fly-forwarded-port", b"x-forwarded-proto",
+    b"x-forwarded-port", b"x-forwarded-ssl", b"fly-replay-src", b"fly-preferred-instance-unavailable",
+})
+#: Request fields the fast path does not copy upstream (it adds its own, or the field is hop-by-hop).
+_DROP = h.HOP_BY_HOP | OWNED | REQUEST_OWN | {b"x-forwarded-for", b"via"}
+#: Request fields the fast path acts on: dropped, appended to, or (steering) sending it to the general path.
+_SPECIAL = _DROP | STEERING_HEADERS
+_APPENDED = STEERING_HEADERS | {b"x-forwarded-for", b"via"}
 #: Response fields the relay drops, merges (Via) or hands to the general rules (fly-replay, Connection).
 _RESPONSE_SPECIAL = h.HOP_BY_HOP | FRAMING | {b"server", b"fly-request-id", b"via", b"fly-replay"}
 #: Fields the edge adds to a response: a Connection header naming one of them takes the general rules.
 _RESPONSE_ADDED = frozenset({b"server", b"via", b"fly-request-id"})
+
+
+def start(proxy: EdgeProxy, ex: Exchange) -> bool:
+    """Start `ex` on the fast path; False (before anything was sent or counted) leaves it to `proxy.handle`."""
+    head = ex.head
+    if head.framing != "none" or head.upgrade or head.expect_continue:
+        return False
+    app = proxy.table.app_for_host_header(head.host)
+    if app is None:
+        return False
+    own = ex.conn.state.get("machine")
+    plan = proxy.table.local_plan(app, proxy.region)
+    machine = local_free(proxy, plan, own)
+    if machine is None:
+        decision = proxy.chooser.choose(proxy.candidates(app, own), proxy._default_steer)
+        candidate = decision.machine
+        if candidate is None or decision.outcome != "ok":
+            return False
+        machine = proxy.table.machines[candidate.id]
+    request_id = proxy.next_request_id()
+    rid = request_id.encode()
+    request = request_head(proxy, ex, rid)
+    if request is None:
+        return False
+    key = proxy._keys.get(machine.id)
+    if key is None:
+        key = proxy._keys[machine.id] = proxy.resolve(machine)
+    now = time.monotonic()  # one clock read for the pool, the request's start and its first-byte deadline
+    upstream = proxy.pool.take_idle(key, now)
+    if upstream is None:
+        return False  # connecting (or waiting for a free slot) is the general path's business
+    # Committed from here on: counted, sent, and answered by the Relay.
+    if plan.idle_timeout is not None:
+        ex.conn.idle_timeout = plan.idle_timeout
+    info: dict[str, object] = {"app": app.name, "machine": machine.id, "region": machine.region,
+                               "retries": 0, "replays": 0}
+    if plan.kind == "connections":
+        proxy._count_connection(ex.conn, machine.id, plan.kind)
+    proxy.load.add(proxy.load.requests, machine.id, 1)
+    relay = Relay(proxy, ex, upstream, app, machine, request_id, rid, info, now)
+    upstream.begin(relay, head.method)
+    upstream.write(request)
+    relay.request_sent = True
+    relay.arm(proxy.timeouts.first_byte, body_pending=False)
+    return True
+
+
+def local_free(proxy: EdgeProxy, plan: LocalPlan, own: str | None) -> MachineRoute | None:
+    """`Chooser.choose` without steering, when some usable local machine exists, without building
+    candidates: then the choice is among local machines only (rule 3), whatever remote ones look like, so
+    only their load counters and health are read here. None: ask the full chooser."""
+    if not plan.local:
+        return None
+    book = proxy.load.requests if plan.kind == "requests" else proxy.load.connections
+    own_counts = plan.kind == "connections"
+    health = proxy.health
+    check = bool(health.active or health.down_until)
+    soft, hard = plan.soft, plan.hard
+    free: list[MachineRoute] = []
+    busy: list[tuple[float, MachineRoute]] = []
+    for m in plan.local:
+        if check and not health.healthy(m.id):
+            continue
+        load = book.get(m.id, 0)
+        if own_counts and own == m.id:
+            load -= 1
+        if hard is not None and load >= hard:
+            continue
+        if load < soft:
+            free.append(m)
+        elif not free:
+            busy.append((load / soft, m))
+    if not free:
+        # Every usable local machine above its soft limit: rule 3 keeps the request local, on the least
+        # loaded relative to its soft limit (`Chooser._choose`'s last tier).
+        if not busy:
+            return None
+        least = min(ratio for ratio, _ in busy)
+        free = [m for ratio, m in busy if ratio <= least]
+    if len(free) == 1:
+        return free[0]
+    chooser = proxy.chooser  # Chooser._nearest on the same figures
+    rtts = [proxy.rtt.rtt(m.host) for m in free]
+    best = min(rtts)
+    window = max(chooser.tie_ms, best * chooser.tie_fraction)
+    tied = [m for m, rtt in zip(free, rtts, strict=True) if rtt <= best + window]
+    return tied[0] if len(tied) == 1 else chooser.rng.choice(tied)
+
+
+def request_head(proxy: EdgeProxy, ex: Exchange, request_id: bytes, special: frozenset[bytes] = _SPECIAL,
+                 named: bool = False) -> bytes | None:
+    """The upstream request head as one bytes object, or None when the request needs the general path
+    (steering headers). Same fields, in the same order, as `_request_headers` + `request_head_bytes`
+    produce for a request without a body. `special`: fields dropped or acted on (plus, once `named`,
+    those the Connection header names)."""
+    head = ex.head
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    xff = via = b""
+    has_host = False
+    for k, v in head.headers:
+        if k in special:
+            if k in STEERING_HEADERS:
+                return None
+            if k == b"x-forwarded-for":
+                xff = xff + b", " + v if xff else v
+            elif k == b"via":
+                via = via + b", " + v if via else v
+            elif k == b"connection" and not named and v not in h.PLAIN_CONNECTION:
+                # Rare enough to pay a second pass: fields it names are hop-by-hop (RFC 9110 §7.6.1).
+                tokens = h.connection_tokens(head.headers)
+                if tokens & _APPENDED:
+                    return None  # naming a field we append to: the general path's rules, exactly
+                if tokens - special:  # `keep-alive`, `close` are dropped anyway: no second pass
+                    return request_head(proxy, ex, request_id, special | tokens, True)
+            continue
+        if k == b"host":
+            has_host = True
+        parts += [k, b": ", v, b"\r\n"]
+    client_ip = ex.conn.peer[0]
+    if client_ip.startswith("::ffff:"):
+        client_ip = client_ip[7:]
+    ip = client_ip.encode()
+    fixed = proxy._fixed_headers.get((ex.conn.local_port, ex.conn.scheme))
+    if fixed is None:
+        port = str(ex.conn.local_port).encode()
+        tls = ex.conn.scheme == "https"
+        fixed = proxy._fixed_headers[(ex.conn.local_port, ex.conn.scheme)] = (
+            b"x-forwarded-proto: " + (b"https" if tls else b"http") + b"\r\nx-forwarded-port: " + port
+            + b"\r\nx-forwarded-ssl: " + (b"on" if tls else b"off") + b"\r\nfly-forwarded-port: " + port
+            + b"\r\nfly-region: " + proxy.region_bytes + b"\r\n")
+    parts += [b"fly-client-ip: ", ip, b"\r\nx-forwarded-for: ", xff + b", " + ip if xff else ip, b"\r\n",
+              fixed, b"via: ", via + b", " + proxy.via if via else proxy.via, b"\r\nfly-request-id: ",
+              request_id, b"\r\n"]
+    if not has_host and head.host:
+        parts += [b"host: ", head.host, b"\r\n"]
+    if head.method in (b"POST", b"PUT", b"PATCH"):
+        parts.append(b"content-length: 0\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _keep(head: h.ResponseHead) -> bool:

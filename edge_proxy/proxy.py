@@ -22,19 +22,19 @@ from collections.abc import Callable
 from typing import IO
 
 from catalog import State, default_regions
+from edge_proxy import fastpath
 from edge_proxy.config import ProxyConfig
 from edge_proxy.errors import HttpError, UpstreamError
-from edge_proxy.fastpath import Pending, Relay
+from edge_proxy.fastpath import OWNED, Pending
 from edge_proxy.health import HealthBook, LoadBook, RttBook
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import Key, UpstreamPool
-from edge_proxy.http1.forward import REQUEST_OWN, BodyTee, ForwardResult, Timeouts, forward
+from edge_proxy.http1.forward import BodyTee, ForwardResult, Timeouts, forward
 from edge_proxy.http1.server import Exchange, ServerConnection
 from edge_proxy.metrics import Labels, Metrics
 from edge_proxy.routing import (
     MAX_REPLAYS,
     REPLAY_BODY_LIMIT,
-    STEERING_HEADERS,
     Candidate,
     Chooser,
     Decision,
@@ -46,22 +46,11 @@ from edge_proxy.routing import (
     replay_steering,
     steering_from_headers,
 )
-from edge_proxy.table import AppRoute, LocalPlan, MachineRoute, Resolver, RoutingTable, default_resolver
+from edge_proxy.table import AppRoute, MachineRoute, Resolver, RoutingTable, default_resolver
 
 log = logging.getLogger("edge_proxy")
 
-#: Request headers a client must not be able to set: the edge owns them.
-OWNED = frozenset({
-    b"fly-client-ip", b"fly-region", b"fly-request-id", b"fly-forwarded-port", b"x-forwarded-proto",
-    b"x-forwarded-port", b"x-forwarded-ssl", b"fly-replay-src", b"fly-preferred-instance-unavailable",
-})
 MAX_RETRIES = 3
-#: Request fields the fast path does not copy upstream (it adds its own, or the field is hop-by-hop).
-_FAST_DROP = h.HOP_BY_HOP | OWNED | REQUEST_OWN | {b"x-forwarded-for", b"via"}
-#: Request fields the fast path acts on: dropped, appended to, or (steering) sending it to the general path.
-_FAST_SPECIAL = _FAST_DROP | STEERING_HEADERS
-_FAST_APPENDED = STEERING_HEADERS | {b"x-forwarded-for", b"via"}
-
 
 class EdgeProxy:
     def __init__(self, config: ProxyConfig, region: str, resolve: Resolver = default_resolver,
@@ -330,139 +319,7 @@ class EdgeProxy:
 
     def fast(self, ex: Exchange) -> bool:
         """Start `ex` on the fast path; False (before anything was sent or counted) leaves it to `handle`."""
-        head = ex.head
-        if head.framing != "none" or head.upgrade or head.expect_continue:
-            return False
-        app = self.table.app_for_host_header(head.host)
-        if app is None:
-            return False
-        own = ex.conn.state.get("machine")
-        plan = self.table.local_plan(app, self.region)
-        machine = self._local_free(plan, own)
-        if machine is None:
-            decision = self.chooser.choose(self.candidates(app, own), self._default_steer)
-            candidate = decision.machine
-            if candidate is None or decision.outcome != "ok":
-                return False
-            machine = self.table.machines[candidate.id]
-        request_id = self.next_request_id()
-        rid = request_id.encode()
-        request = self._fast_request_head(ex, rid)
-        if request is None:
-            return False
-        key = self._keys.get(machine.id)
-        if key is None:
-            key = self._keys[machine.id] = self.resolve(machine)
-        now = time.monotonic()  # one clock read for the pool, the request's start and its first-byte deadline
-        upstream = self.pool.take_idle(key, now)
-        if upstream is None:
-            return False  # connecting (or waiting for a free slot) is the general path's business
-        # Committed from here on: counted, sent, and answered by the Relay.
-        if plan.idle_timeout is not None:
-            ex.conn.idle_timeout = plan.idle_timeout
-        info: dict[str, object] = {"app": app.name, "machine": machine.id, "region": machine.region,
-                                   "retries": 0, "replays": 0}
-        if plan.kind == "connections":
-            self._count_connection(ex.conn, machine.id, plan.kind)
-        self.load.add(self.load.requests, machine.id, 1)
-        relay = Relay(self, ex, upstream, app, machine, request_id, rid, info, now)
-        upstream.begin(relay, head.method)
-        upstream.write(request)
-        relay.request_sent = True
-        relay.arm(self.timeouts.first_byte, body_pending=False)
-        return True
-
-    def _local_free(self, plan: LocalPlan, own: str | None) -> MachineRoute | None:
-        """`Chooser.choose` without steering, when some usable local machine exists, without building
-        candidates: then the choice is among local machines only (rule 3), whatever remote ones look like, so
-        only their load counters and health are read here. None: ask the full chooser."""
-        if not plan.local:
-            return None
-        book = self.load.requests if plan.kind == "requests" else self.load.connections
-        own_counts = plan.kind == "connections"
-        health = self.health
-        check = bool(health.active or health.down_until)
-        soft, hard = plan.soft, plan.hard
-        free: list[MachineRoute] = []
-        busy: list[tuple[float, MachineRoute]] = []
-        for m in plan.local:
-            if check and not health.healthy(m.id):
-                continue
-            load = book.get(m.id, 0)
-            if own_counts and own == m.id:
-                load -= 1
-            if hard is not None and load >= hard:
-                continue
-            if load < soft:
-                free.append(m)
-            elif not free:
-                busy.append((load / soft, m))
-        if not free:
-            # Every usable local machine above its soft limit: rule 3 keeps the request local, on the least
-            # loaded relative to its soft limit (`Chooser._choose`'s last tier).
-            if not busy:
-                return None
-            least = min(ratio for ratio, _ in busy)
-            free = [m for ratio, m in busy if ratio <= least]
-        if len(free) == 1:
-            return free[0]
-        chooser = self.chooser  # Chooser._nearest on the same figures
-        rtts = [self.rtt.rtt(m.host) for m in free]
-        best = min(rtts)
-        window = max(chooser.tie_ms, best * chooser.tie_fraction)
-        tied = [m for m, rtt in zip(free, rtts, strict=True) if rtt <= best + window]
-        return tied[0] if len(tied) == 1 else chooser.rng.choice(tied)
-
-    def _fast_request_head(self, ex: Exchange, request_id: bytes, special: frozenset[bytes] = _FAST_SPECIAL,
-                           named: bool = False) -> bytes | None:
-        """The upstream request head as one bytes object, or None when the request needs the general path
-        (steering headers). Same fields, in the same order, as `_request_headers` + `request_head_bytes`
-        produce for a request without a body. `special`: fields dropped or acted on (plus, once `named`,
-        those the Connection header names)."""
-        head = ex.head
-        parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-        xff = via = b""
-        has_host = False
-        for k, v in head.headers:
-            if k in special:
-                if k in STEERING_HEADERS:
-                    return None
-                if k == b"x-forwarded-for":
-                    xff = xff + b", " + v if xff else v
-                elif k == b"via":
-                    via = via + b", " + v if via else v
-                elif k == b"connection" and not named and v not in h.PLAIN_CONNECTION:
-                    # Rare enough to pay a second pass: fields it names are hop-by-hop (RFC 9110 §7.6.1).
-                    tokens = h.connection_tokens(head.headers)
-                    if tokens & _FAST_APPENDED:
-                        return None  # naming a field we append to: the general path's rules, exactly
-                    if tokens - special:  # `keep-alive`, `close` are dropped anyway: no second pass
-                        return self._fast_request_head(ex, request_id, special | tokens, True)
-                continue
-            if k == b"host":
-                has_host = True
-            parts += [k, b": ", v, b"\r\n"]
-        client_ip = ex.conn.peer[0]
-        if client_ip.startswith("::ffff:"):
-            client_ip = client_ip[7:]
-        ip = client_ip.encode()
-        fixed = self._fixed_headers.get((ex.conn.local_port, ex.conn.scheme))
-        if fixed is None:
-            port = str(ex.conn.local_port).encode()
-            tls = ex.conn.scheme == "https"
-            fixed = self._fixed_headers[(ex.conn.local_port, ex.conn.scheme)] = (
-                b"x-forwarded-proto: " + (b"https" if tls else b"http") + b"\r\nx-forwarded-port: " + port
-                + b"\r\nx-forwarded-ssl: " + (b"on" if tls else b"off") + b"\r\nfly-forwarded-port: " + port
-                + b"\r\nfly-region: " + self.region_bytes + b"\r\n")
-        parts += [b"fly-client-ip: ", ip, b"\r\nx-forwarded-for: ", xff + b", " + ip if xff else ip, b"\r\n",
-                  fixed, b"via: ", via + b", " + self.via if via else self.via, b"\r\nfly-request-id: ",
-                  request_id, b"\r\n"]
-        if not has_host and head.host:
-            parts += [b"host: ", head.host, b"\r\n"]
-        if head.method in (b"POST", b"PUT", b"PATCH"):
-            parts.append(b"content-length: 0\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+        return fastpath.start(self, ex)
 
     # -- headers (spec "Headers added") ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import random
 from pathlib import Path
 
+from edge_proxy import fastpath
 from edge_proxy.http1.server import Exchange
 from edge_proxy.proxy import EdgeProxy
 from tests.edge_proxy.harness import edge_lab, raw, request
@@ -111,7 +112,7 @@ async def test_local_tier_shortcut_agrees_with_the_chooser(tmp_path: Path) -> No
             proxy.health.down_until = {m: 1e18 for m in ids if rng.random() < 0.2}
             own = rng.choice([None, *ids])
             proxy.chooser.rng.seed(1)
-            quick = proxy._local_free(proxy.table.local_plan(app, "gru"), own)
+            quick = fastpath.local_free(proxy, proxy.table.local_plan(app, "gru"), own)
             proxy.chooser.rng.seed(1)
             decision = proxy.chooser.choose(proxy.candidates(app, own))
             if quick is not None:
