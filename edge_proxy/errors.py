@@ -25,3 +25,4 @@ class UpstreamError(EdgeProxyError):
         self.sent = sent
         self.connect = connect
         self.stale = False  # a pooled connection closed before any response byte: safe to retry
+        self.held = False  # failed mid-response while the response was held back: nothing reached the client

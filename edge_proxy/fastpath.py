@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from edge_proxy.errors import UpstreamError
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import UpstreamConnection
-from edge_proxy.http1.forward import FRAMING, REQUEST_OWN, ForwardResult, _Flow
+from edge_proxy.http1.forward import FRAMING, HOLD_LIMIT, REQUEST_OWN, ForwardResult, _Flow
 from edge_proxy.http1.server import Exchange
 from edge_proxy.routing import STEERING_HEADERS
 from edge_proxy.table import AppRoute, LocalPlan, MachineRoute
@@ -80,6 +80,8 @@ def start(proxy: EdgeProxy, ex: Exchange) -> bool:
         proxy._count_connection(ex.conn, machine.id, plan.kind)
     proxy.load.add(proxy.load.requests, machine.id, 1)
     relay = Relay(proxy, ex, upstream, app, machine, request_id, rid, info, now)
+    if head.idempotent:
+        relay.hold = HOLD_LIMIT  # no request body here: a GET can be sent again (see `_Flow.hold`)
     upstream.begin(relay, head.method)
     upstream.write(request)
     relay.request_sent = True
@@ -210,7 +212,7 @@ class Pending:
 class Relay(_Flow):
     """ResponseSink of one fast-path request: streams the response, then accounts for it and ends the exchange."""
 
-    __slots__ = ("app", "info", "machine", "proxy", "request_id", "rid", "started")
+    __slots__ = ("app", "fields", "info", "machine", "proxy", "request_id", "rid", "started")
 
     def __init__(self, proxy: EdgeProxy, ex: Exchange, conn: UpstreamConnection, app: AppRoute,
                  machine: MachineRoute, request_id: str, rid: bytes, info: dict[str, object], started: float) -> None:
@@ -222,6 +224,7 @@ class Relay(_Flow):
         self.rid = rid
         self.info = info
         self.started = started
+        self.fields = b""
 
     def _accept(self, resp: h.ResponseHead) -> bool:
         # Overridden rather than passed as on_head: a bound method stored on self is a reference cycle,
@@ -239,13 +242,26 @@ class Relay(_Flow):
             super().response_head(head)
             return
         self.head = head
-        ex = self.ex
-        ex.start_prepared(head.status, head.reason, fields,
-                          head.content_length if head.framing == "length" else None)
-        ex.on_client_writable(self._client_writable)
+        if self.hold and self._holdable(head):
+            self.fields = fields
+            self.holding = True
+        else:
+            ex = self.ex
+            ex.start_prepared(head.status, head.reason, fields,
+                              head.content_length if head.framing == "length" else None)
+            ex.on_client_writable(self._client_writable)
         if self.head_pending:
             self.head_pending = False
             self._head_ready(head)
+
+    def _open(self) -> None:
+        if not self.fields:  # held by the general code (`_Flow.response_head`)
+            super()._open()
+            return
+        head = self.head
+        assert head is not None
+        self.ex.start_prepared(head.status, head.reason, self.fields,
+                               head.content_length if head.framing == "length" else None)
 
     def _fields(self, head: h.ResponseHead, special: frozenset[bytes], named: bool) -> bytes | None:
         parts: list[bytes] = []
@@ -270,7 +286,9 @@ class Relay(_Flow):
         return b"".join(parts)
 
     def response_data(self, data: bytes) -> None:
-        if not self.discard:
+        if self.holding:
+            self.held = self.held + data if self.held else data  # one read (the common case): no copy
+        elif not self.discard:
             ex = self.ex
             if ex._chunked:
                 ex.write(data)
@@ -298,6 +316,13 @@ class Relay(_Flow):
         self.cancel_timer()
         if isinstance(exc, UpstreamError) and not self.conn.responded:
             exc.stale = True  # a pooled connection the machine had closed (see `forward`)
+        self.conn.abort()
+        self._settle()
+        self._escalate(None, exc)
+
+    def _held_failed(self, exc: UpstreamError) -> None:
+        # Not stale: the machine answered and then died (SIGKILL mid-response). The general path marks it
+        # down and retries on the next candidate, as if no response had come.
         self.conn.abort()
         self._settle()
         self._escalate(None, exc)

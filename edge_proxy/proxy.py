@@ -29,7 +29,7 @@ from edge_proxy.fastpath import OWNED, Pending
 from edge_proxy.health import HealthBook, LoadBook, RttBook
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import Key, UpstreamPool
-from edge_proxy.http1.forward import BodyTee, ForwardResult, Timeouts, forward
+from edge_proxy.http1.forward import HOLD_LIMIT, BodyTee, ForwardResult, Timeouts, forward
 from edge_proxy.http1.server import Exchange, ServerConnection
 from edge_proxy.metrics import Labels, Metrics
 from edge_proxy.routing import (
@@ -237,7 +237,11 @@ class EdgeProxy:
 
         key = self.resolve(machine)
         try:
-            result = await forward(ex, self.pool, key, headers, tee, on_head=on_head, timeouts=self.timeouts)
+            # A small response to an idempotent request is held until complete: if the machine dies before
+            # that, nothing reached the client and the request is retried elsewhere (spec rule 5).
+            hold = HOLD_LIMIT if ex.head.idempotent else 0
+            result = await forward(ex, self.pool, key, headers, tee, on_head=on_head, timeouts=self.timeouts,
+                                   hold=hold)
         except UpstreamError as exc:
             if exc.connect:
                 self.metrics.inc("sixpn_edge_proxy_errors_total", code="PR04")

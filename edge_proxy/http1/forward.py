@@ -26,6 +26,8 @@ FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 #: The forwarder answers `Expect: 100-continue` itself (RFC 9110 §10.1.1), so it is not sent on.
 REQUEST_OWN = FRAMING | {b"expect"}
 _RESPONSE_DROP = h.HOP_BY_HOP | FRAMING
+#: Largest Content-Length held back whole for a retriable exchange (see `_Flow.hold`).
+HOLD_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class _Flow:
     (`_head_ready`/`_head_failed`) and when the exchange ends (`_ended`/`_end_failed`)."""
 
     __slots__ = ("chunked_out", "conn", "discard", "end_pending", "ex", "first_byte", "head", "head_pending",
-                 "loop", "on_head", "request_sent", "timer")
+                 "held", "hold", "holding", "loop", "on_head", "out", "request_sent", "tee", "timer")
 
     def __init__(self, ex: Exchange, conn: UpstreamConnection, on_head: Callable[[h.ResponseHead], bool]) -> None:
         self.ex = ex
@@ -110,6 +112,16 @@ class _Flow:
         self.chunked_out = False
         self.first_byte = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        # Holding a response back (RFC 9110 §9.2.2: an idempotent request may be retried after a failure, but
+        # only while the client has seen nothing of the response, spec rule 5). A machine that dies mid-response
+        # (SIGKILL: its socket resets, RFC 9293 §3.6.1) would otherwise cost the client a cut connection.
+        # `hold`: the largest Content-Length to hold, 0 for none (set by whoever knows the exchange is
+        # retriable); `holding`: a head is in `head`/`out` and body bytes in `held`, nothing sent yet.
+        self.hold = 0
+        self.holding = False
+        self.held = b""
+        self.out: h.Headers = []
+        self.tee: BodyTee | None = None
 
     def _accept(self, head: h.ResponseHead) -> bool:
         return self.on_head(head)
@@ -125,6 +137,36 @@ class _Flow:
 
     def _end_failed(self, exc: UpstreamError) -> None:
         raise NotImplementedError
+
+    def _held_failed(self, exc: UpstreamError) -> None:
+        """The upstream failed while the response was held: nothing reached the client, retry it."""
+        raise NotImplementedError
+
+    def _holdable(self, head: h.ResponseHead) -> bool:
+        """Hold `head` and its body? Small and framed (a close-delimited body ends with the connection, so a
+        reset cannot be told from the end), and the request can be sent again: no body or all of it in hand."""
+        if head.framing == "length":
+            if head.content_length > self.hold:
+                return False
+        elif head.framing != "chunked":
+            return False
+        body = self.ex.body
+        return body.done and body.error is None and (self.tee is None or not self.tee.overflow)
+
+    def _open(self) -> None:
+        """Send the held head (deferred: it goes out with the first body bytes)."""
+        head = self.head
+        assert head is not None
+        self.ex.start(head.status, self.out, length=head.content_length if head.framing == "length" else None,
+                      reason=head.reason, defer=True)
+
+    def _release(self) -> None:
+        """Stop holding: the head and what body there is go to the client, the rest streams."""
+        self.holding = False
+        self._open()
+        self.ex.on_client_writable(self._client_writable)
+        held, self.held = self.held, b""
+        self.response_data(held)
 
     # -- ResponseSink -------------------------------------------------------------------------------
 
@@ -145,18 +187,29 @@ class _Flow:
                 cl = head.header(b"content-length")
                 if cl is not None and head.status not in (204, 304) and head.status >= 200:
                     headers.append((b"content-length", cl))  # HEAD keeps the length it would have had
-            length = head.content_length if head.framing == "length" else None
-            self.ex.start(head.status, headers, length=length, no_body=no_body, reason=head.reason, defer=True)
-            self.ex.on_client_writable(self._client_writable)
+            if self.hold and self._holdable(head):
+                self.out = headers
+                self.holding = True
+            else:
+                length = head.content_length if head.framing == "length" else None
+                self.ex.start(head.status, headers, length=length, no_body=no_body, reason=head.reason, defer=True)
+                self.ex.on_client_writable(self._client_writable)
         if self.head_pending:
             self.head_pending = False
             self._head_ready(head)
 
     def response_data(self, data: bytes) -> None:
-        if not self.discard:
+        if self.holding:
+            self.held = self.held + data if self.held else data  # one read (the common case): no copy
+        elif not self.discard:
             self.ex.write(data)
 
     def response_end(self) -> None:
+        if self.holding:  # complete: the head and the whole body in one write
+            self.holding = False
+            self._open()
+            held, self.held = self.held, b""
+            self.response_data(held)
         if not self.discard:
             self.ex.end()
         self.ex.on_client_writable(None)
@@ -172,6 +225,12 @@ class _Flow:
         if self.conn.tunnel:
             self.ex.conn.close()
             self.ex.finished = True
+        if self.holding:
+            self.holding = False
+            self.held = b""
+            self.end_pending = False
+            self._held_failed(UpstreamError(f"upstream closed mid-response: {exc}", sent=True))
+            return
         if self.head_pending:
             self.head_pending = False
             self._head_failed(UpstreamError(f"upstream closed: {exc}", sent=self.request_sent))
@@ -186,7 +245,14 @@ class _Flow:
         self.ex.write_raw(data)
 
     def flush(self) -> None:
-        if not self.discard:
+        """The end of one upstream read."""
+        if self.holding:
+            if self.head is not None and self.head.framing == "chunked":
+                # A chunked body that did not end in the read its head came in may be a stream (server-sent
+                # events, long polling): its first bytes must not wait for the rest.
+                self._release()
+                self.ex.flush()
+        elif not self.discard:
             self.ex.flush()
 
     def arm(self, first_byte: float, body_pending: bool) -> None:
@@ -239,6 +305,7 @@ class _Flow:
             self.body_sent()
 
         tee.consumed = True
+        self.tee = tee
         ex.send_continue()
         ex.body.attach(on_data, on_end)
 
@@ -265,6 +332,10 @@ class _AwaitFlow(_Flow):
     def _end_failed(self, exc: UpstreamError) -> None:
         self.done_fut.set_exception(exc)
 
+    def _held_failed(self, exc: UpstreamError) -> None:
+        exc.held = True
+        self.done_fut.set_exception(exc)
+
 
 def request_head_bytes(ex: Exchange, headers: h.Headers, body_length: int | None, chunked: bool) -> bytes:
     out = [(k, v) for k, v in headers if k not in REQUEST_OWN]
@@ -280,21 +351,23 @@ def request_head_bytes(ex: Exchange, headers: h.Headers, body_length: int | None
 
 async def forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers, tee: BodyTee, *,
                   on_head: Callable[[h.ResponseHead], bool] = lambda head: True,
-                  timeouts: Timeouts = Timeouts()) -> ForwardResult:
+                  timeouts: Timeouts = Timeouts(), hold: int = 0) -> ForwardResult:
     """Send `ex`'s request (with `headers`, already rewritten, hop-by-hop removed) to `key`.
 
     Raises UpstreamError: `connect=True` when no connection could be made, `sent` when request bytes may
-    have reached the upstream. Once the response started, failures cut the client connection instead.
+    have reached the upstream, `held` when a held response failed before any of it was sent (see
+    `_Flow.hold`: a response up to `hold` bytes is held back whole). Once the response started, failures
+    cut the client connection instead.
     """
     try:
-        return await _forward(ex, pool, key, headers, tee, on_head, timeouts)
+        return await _forward(ex, pool, key, headers, tee, on_head, timeouts, hold)
     finally:
         ex.pause_client(False)  # a pause from this upstream's full send buffer must not outlive the exchange
         ex.on_client_writable(None)
 
 
 async def _forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Headers, tee: BodyTee,
-                   on_head: Callable[[h.ResponseHead], bool], timeouts: Timeouts) -> ForwardResult:
+                   on_head: Callable[[h.ResponseHead], bool], timeouts: Timeouts, hold: int) -> ForwardResult:
     pooled = pool.take_idle(key)  # the common case, without a coroutine round trip
     if pooled is not None:
         conn, reused, connect_time = pooled, True, 0.0
@@ -303,6 +376,7 @@ async def _forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Header
         conn, reused = await pool.acquire(key, timeouts.connect)
         connect_time = time.monotonic() - started
     flow = _AwaitFlow(ex, conn, on_head)
+    flow.hold = hold
     conn.begin(flow, ex.head.method)
     if tee.consumed:  # a retry or a replay: the body is all in the copy
         body = tee.data()
@@ -330,7 +404,10 @@ async def _forward(ex: Exchange, pool: UpstreamPool, key: Key, headers: h.Header
         flow.cancel_timer()
     try:
         await flow.done_fut
-    except UpstreamError:
+    except UpstreamError as exc:
+        if exc.held:
+            conn.abort()
+            raise
         if flow.discard:
             conn.abort()
         elif not ex.finished:

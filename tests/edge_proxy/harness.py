@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ class Backend:
     fail_next: int = 0  # close this many connections without answering
     refuse_upgrade: bool = False
     replay_first_only: bool = False  # do not replay a request that is itself a replay
+    reset_after_head: int = 0  # answer this many requests with a head and part of the body, then an RST
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -49,6 +52,10 @@ class Backend:
         if self.fail_next > 0:
             self.fail_next -= 1
             ex.abort()
+            return
+        if self.reset_after_head > 0:
+            self.reset_after_head -= 1
+            await self._reset_after_head(ex)
             return
         if ex.head.upgrade and not self.refuse_upgrade:
             ex.start(101, [(b"connection", b"upgrade"), (b"upgrade", ex.head.upgrade)], length=None, no_body=True)
@@ -90,6 +97,21 @@ class Backend:
         }
         ex.respond(self.status, [(b"content-type", b"application/json"), (b"server", b"backend")],
                    json.dumps(doc).encode())
+
+
+    async def _reset_after_head(self, ex: Exchange) -> None:
+        """What a machine SIGKILLed mid-response looks like: a head (and a few body bytes) reach the edge, then
+        an RST instead of the rest. SO_LINGER 0 makes close() send RST (RFC 9293 §3.6.1 abort)."""
+        if ex.head.has_body:
+            await ex.body.read_all(1 << 20)
+        ex.conn.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\npartial")
+        await asyncio.sleep(0.1)  # let the edge read the head before the reset
+        transport = ex.conn.transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ex.started = ex.finished = True
+        transport.abort()
 
 
 @dataclass
