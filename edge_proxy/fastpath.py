@@ -242,7 +242,10 @@ class Relay(_Flow):
             super().response_head(head)
             return
         self.head = head
-        if self.hold and self._holdable(head):
+        # `_holdable` inlined: framing is "length", "chunked" or "close" here, and a fast-path request has no
+        # body, so it can always be sent again.
+        if self.hold and (head.content_length <= self.hold if head.framing == "length" else
+                          head.framing == "chunked"):
             self.fields = fields
             self.holding = True
         else:
@@ -294,6 +297,28 @@ class Relay(_Flow):
                 ex.write(data)
             elif data:
                 ex._write(data)  # Content-Length framing: `write` minus a call
+
+    def response_end(self) -> None:
+        if self.holding and self.fields:
+            # Held and now complete (the common case: head and body in one read): `_Flow.response_end` with
+            # the calls the streaming path made, no more: the head and the body go out in one write.
+            self.holding = False
+            head, ex = self.head, self.ex
+            assert head is not None
+            framed = head.framing == "length"
+            ex.start_prepared(head.status, head.reason, self.fields, head.content_length if framed else None)
+            held, self.held = self.held, b""
+            if framed:
+                ex._write(held)
+            else:
+                ex.write(held)
+            ex.end()
+            ex.on_client_writable(None)
+            if self.end_pending:
+                self.end_pending = False
+                self._ended()
+            return
+        super().response_end()
 
     # The first-byte clock on the client connection's sweeper instead of a timer per request.
     def body_sent(self) -> None:
