@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,12 @@ def lab_run(lab: Lab) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
-@pytest.fixture
-def lab_app(lab: Lab) -> Iterator[Callable[..., list[Machine]]]:
+MakeApp = Callable[..., list[Machine]]
+
+
+@contextmanager
+def app_maker(lab: Lab) -> Iterator[MakeApp]:
+    """`make(name, org, count, regions, config)`: an app scaled in the lab; all of them removed at exit."""
     created: list[str] = []
 
     def make(name: str, org: str = "acme", count: int = 1, regions: list[str] | None = None,
@@ -105,6 +110,12 @@ def lab_app(lab: Lab) -> Iterator[Callable[..., list[Machine]]]:
             machines.remove(mine)
             with lab.catalog() as cat:
                 cat.delete_app(name)
+
+
+@pytest.fixture
+def lab_app(lab: Lab) -> Iterator[MakeApp]:
+    with app_maker(lab) as make:
+        yield make
 
 
 PING_AVG = re.compile(r"= [\d.]+/([\d.]+)/")

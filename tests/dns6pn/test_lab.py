@@ -19,10 +19,10 @@ import pytest
 
 from catalog import Machine
 from netns_lab.lab import Lab
+from tests.conftest import MakeApp, app_maker
 
 pytestmark = pytest.mark.lab
 WEB = {"http_service": {"internal_port": 8080}}
-MakeApp = Callable[..., list[Machine]]
 
 
 def sixpn(lab: Lab, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -72,28 +72,9 @@ def apps(lab: Lab, lab_app: MakeApp) -> tuple[list[Machine], Machine]:
 
 @pytest.fixture(scope="module")
 def lab_app(lab: Lab) -> Iterator[MakeApp]:
-    """Module-scoped twin of conftest's lab_app (the apps are shared by this module's tests)."""
-    from netns_lab.machines import Machines
-
-    created: list[str] = []
-
-    def make(name: str, org: str = "acme", count: int = 1, regions: list[str] | None = None,
-             config: dict[str, object] | None = None) -> list[Machine]:
-        with lab.catalog() as cat:
-            cat.create_app(name, org, config=config)
-        created.append(name)
-        return list(Machines(lab).scale(name, count, regions).added)
-
-    try:
+    """Module-scoped: the apps are shared by this module's tests."""
+    with app_maker(lab) as make:
         yield make
-    finally:
-        machines = Machines(lab)
-        for name in created:
-            with lab.catalog() as cat:
-                mine = [m for m in cat.snapshot().machines.values() if m.app == name]
-            machines.remove(mine)
-            with lab.catalog() as cat:
-                cat.delete_app(name)
 
 
 def test_names_from_an_acme_machine(lab: Lab, apps: tuple[list[Machine], Machine]) -> None:
