@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from catalog import Catalog
 from edge_proxy.config import ProxyConfig
@@ -244,3 +247,14 @@ def dechunk(data: bytes) -> bytes:
         out.append(data[:size])
         data = data[size + 2:]
     return b"".join(out)
+
+
+AsyncTest = Callable[..., Coroutine[Any, Any, None]]
+
+
+def aio(fn: AsyncTest) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        uvloop.run(asyncio.wait_for(fn(*args, **kwargs), 30))
+
+    return wrapper

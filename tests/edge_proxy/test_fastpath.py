@@ -10,8 +10,7 @@ from pathlib import Path
 from edge_proxy import fastpath
 from edge_proxy.http1.server import Exchange
 from edge_proxy.proxy import EdgeProxy
-from tests.edge_proxy.harness import edge_lab, raw, request
-from tests.edge_proxy.test_proxy import aio
+from tests.edge_proxy.harness import aio, edge_lab, raw, request
 
 
 def count_fast(proxy: EdgeProxy) -> list[bool]:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge_proxy.harness import edge_lab, raw
-from tests.edge_proxy.test_proxy import aio
+from tests.edge_proxy.harness import aio, edge_lab, raw
 
 SEEDS = [
     b"GET / HTTP/1.1\r\nHost: web.sixpn.test\r\nAccept: */*\r\n\r\n",

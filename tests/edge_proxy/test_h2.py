@@ -11,8 +11,7 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, Event, ResponseReceived, StreamEnded
 
 from edge_proxy.tls import make_self_signed
-from tests.edge_proxy.harness import Lab, edge_lab
-from tests.edge_proxy.test_proxy import aio
+from tests.edge_proxy.harness import Lab, aio, edge_lab
 
 NAME = "web.sixpn.test"
 

@@ -4,25 +4,11 @@ retriable request is held back whole, so the request is retried elsewhere (spec 
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
-import uvloop
+from tests.edge_proxy.harness import aio, edge_lab, raw, request
 
-from tests.edge_proxy.harness import edge_lab, raw, request
-
-AsyncTest = Callable[..., Coroutine[Any, Any, None]]
 MACHINES = {"gru1": ("web", "gru"), "gig1": ("web", "gig")}
-
-
-def aio(fn: AsyncTest) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        uvloop.run(asyncio.wait_for(fn(*args, **kwargs), 30))
-
-    return wrapper
 
 
 @aio

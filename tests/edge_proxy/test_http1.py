@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge_proxy.harness import Lab, edge_lab, parse_response, raw
-from tests.edge_proxy.test_proxy import aio
+from tests.edge_proxy.harness import Lab, aio, edge_lab, parse_response, raw
 
 ONE = {"gru1": ("web", "gru")}
 H = b"Host: web.sixpn.test\r\n"

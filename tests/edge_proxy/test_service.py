@@ -17,8 +17,7 @@ import pytest
 
 from edge_proxy.config import ConfigError, from_doc, parse_hostport
 from edge_proxy.tls import make_self_signed
-from tests.edge_proxy.harness import Backend, make_catalog, parse_response
-from tests.edge_proxy.test_proxy import aio
+from tests.edge_proxy.harness import Backend, aio, make_catalog, parse_response
 
 ROOT = Path(__file__).resolve().parents[2]
 
