@@ -3,7 +3,8 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMPS    := .make
 APT_PACKAGES := wireguard-tools wireguard-go nftables iproute2 iputils-ping dnsutils curl wrk \
-                nginx-light nsd dnsperf procps qrencode kmod openresolv
+                nginx-light nsd dnsperf procps qrencode kmod openresolv \
+                gcc libc6-dev python3-dev
 
 .PHONY: all setup test lint typecheck unit demo bench clean
 all: test
@@ -21,7 +22,8 @@ $(STAMPS)/apt: Makefile
 	fi
 	@touch $@
 
-$(STAMPS)/venv: pyproject.toml
+# setup.py builds edge_proxy's one C extension (_simple.c) in place; editing it rebuilds.
+$(STAMPS)/venv: pyproject.toml setup.py edge_proxy/http1/_simple.c
 	@mkdir -p $(STAMPS)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -41,6 +41,7 @@ class ProxyConfig:
     pool_max_per_machine: int = 256
     max_connections: int = 10000  # client connections per worker; more are closed at once
     name: str = "sixpn-edge"  # Server and Via name
+    lane: bool = True  # answer simple GETs from the read callbacks (edge_proxy/lane.py); off: parser path only
 
 
 _TUPLES = {"listen", "tls_listen"}

@@ -18,7 +18,7 @@ from edge_proxy.errors import UpstreamError
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import UpstreamConnection
 from edge_proxy.http1.forward import FRAMING, HOLD_LIMIT, REQUEST_OWN, ForwardResult, _Flow
-from edge_proxy.http1.server import Exchange
+from edge_proxy.http1.server import Exchange, ServerConnection
 from edge_proxy.routing import STEERING_HEADERS
 from edge_proxy.table import AppRoute, LocalPlan, MachineRoute
 
@@ -164,14 +164,7 @@ def request_head(proxy: EdgeProxy, ex: Exchange, request_id: bytes, special: fro
     if client_ip.startswith("::ffff:"):
         client_ip = client_ip[7:]
     ip = client_ip.encode()
-    fixed = proxy._fixed_headers.get((ex.conn.local_port, ex.conn.scheme))
-    if fixed is None:
-        port = str(ex.conn.local_port).encode()
-        tls = ex.conn.scheme == "https"
-        fixed = proxy._fixed_headers[(ex.conn.local_port, ex.conn.scheme)] = (
-            b"x-forwarded-proto: " + (b"https" if tls else b"http") + b"\r\nx-forwarded-port: " + port
-            + b"\r\nx-forwarded-ssl: " + (b"on" if tls else b"off") + b"\r\nfly-forwarded-port: " + port
-            + b"\r\nfly-region: " + proxy.region_bytes + b"\r\n")
+    fixed = proxy._fixed_headers.get((ex.conn.local_port, ex.conn.scheme)) or fixed_headers(proxy, ex.conn)
     parts += [b"fly-client-ip: ", ip, b"\r\nx-forwarded-for: ", xff + b", " + ip if xff else ip, b"\r\n",
               fixed, b"via: ", via + b", " + proxy.via if via else proxy.via, b"\r\nfly-request-id: ",
               request_id, b"\r\n"]
@@ -181,6 +174,19 @@ def request_head(proxy: EdgeProxy, ex: Exchange, request_id: bytes, special: fro
         parts.append(b"content-length: 0\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def fixed_headers(proxy: EdgeProxy, conn: ServerConnection) -> bytes:
+    """The added request fields that depend only on the listener (port and scheme), memoized per proxy."""
+    fixed = proxy._fixed_headers.get((conn.local_port, conn.scheme))
+    if fixed is None:
+        port = str(conn.local_port).encode()
+        tls = conn.scheme == "https"
+        fixed = proxy._fixed_headers[(conn.local_port, conn.scheme)] = (
+            b"x-forwarded-proto: " + (b"https" if tls else b"http") + b"\r\nx-forwarded-port: " + port
+            + b"\r\nx-forwarded-ssl: " + (b"on" if tls else b"off") + b"\r\nfly-forwarded-port: " + port
+            + b"\r\nfly-region: " + proxy.region_bytes + b"\r\n")
+    return fixed
 
 
 def _keep(head: h.ResponseHead) -> bool:

@@ -31,6 +31,7 @@ from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import Key, UpstreamPool
 from edge_proxy.http1.forward import HOLD_LIMIT, BodyTee, ForwardResult, Timeouts, forward
 from edge_proxy.http1.server import Exchange, ServerConnection
+from edge_proxy.lane import Flight, Lane
 from edge_proxy.metrics import Labels, Metrics
 from edge_proxy.routing import (
     MAX_REPLAYS,
@@ -82,7 +83,9 @@ class EdgeProxy:
         self.connections: set[ServerConnection] = set()
         # Request ids: a per-process random prefix and a counter (unique per worker, no entropy per request).
         self._id_prefix = f"{random.getrandbits(48):012x}"
+        self._id_prefix_bytes = self._id_prefix.encode()
         self._id_seq = 0
+        self.lane = Lane(self)
         self._fixed_headers: dict[tuple[int, str], bytes] = {}
         self._default_steer = Steering()
         self._keys: dict[str, Key] = {}  # machine id -> upstream (host, port): the resolver is fixed
@@ -116,6 +119,11 @@ class EdgeProxy:
     def next_request_id(self) -> str:
         self._id_seq += 1
         return f"{self._id_prefix}{self._id_seq:08x}"
+
+    def next_rid(self) -> bytes:
+        """`next_request_id` as bytes (the lane's)."""
+        self._id_seq += 1
+        return self._id_prefix_bytes + b"%08x" % self._id_seq
 
     async def handle(self, ex: Exchange, pending: Pending | None = None) -> None:
         """The general path; `pending`: a fast-path attempt to carry on from (see `fastpath`)."""
@@ -398,6 +406,29 @@ class EdgeProxy:
             "machine": info.get("machine", ""), "machine_region": info.get("region", ""), "edge": self.region,
             "ms": round(elapsed * 1000, 2), "bytes": ex.sent_bytes, "retries": info.get("retries", 0),
             "replays": info.get("replays", 0), "error": ex.error_code,
+        })
+
+    def finish_lane(self, flight: Flight, status: int, sent: int, now: float) -> None:
+        """`finish` for a request answered on the lane (no Exchange)."""
+        app = flight.app.name
+        keys = self._metric_keys.get((app, status))
+        if keys is None:
+            if len(self._metric_keys) > 4096:
+                self._metric_keys.clear()
+            keys = self._metric_keys[(app, status)] = (
+                (("app", app), ("region", self.region), ("status", str(status))), (("app", app),))
+        self.metrics.inc_key("sixpn_edge_requests_total", keys[0])
+        elapsed = now - flight.started
+        self.metrics.observe_key("sixpn_edge_request_seconds", elapsed, keys[1])
+        if self.access_log is None:
+            return
+        target = flight.kept.split(b" ", 2)[1]
+        self._log({
+            "ts": round(time.time(), 3), "id": flight.rid.decode(), "client": flight.conn.peer[0],
+            "method": flight.method.decode(), "host": h.host_name(flight.host),
+            "path": target.decode("latin-1")[:200], "status": status, "app": app, "machine": flight.machine.id,
+            "machine_region": flight.machine.region, "edge": self.region, "ms": round(elapsed * 1000, 2),
+            "bytes": sent, "retries": 0, "replays": 0, "error": "",
         })
 
     def _log(self, record: dict[str, object]) -> None:

@@ -101,6 +101,8 @@ class EdgeService:
             conn = ServerConnection(handler, self.limits, scheme=scheme, on_open=self.proxy.connection_opened,
                                     on_close=self.proxy.connection_closed)
             conn.fast = self.proxy.fast
+            if self.config.lane:
+                conn.lane = self.proxy.lane.take
             return conn
 
         def make_h2() -> ServerConnection:

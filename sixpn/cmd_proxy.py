@@ -29,6 +29,8 @@ def register(cli: Registry) -> None:
                        help="reach a machine (by id or 6PN address) at HOST:PORT instead (standalone/tests)")
     serve.add_argument("--access-log", metavar="PATH", help="'-' for stderr (default), 'off', or a file")
     serve.add_argument("--static-rtt", action="store_true", help="use the region RTT matrix, do not measure")
+    serve.add_argument("--no-lane", action="store_true",
+                       help="parse every request with httptools (no lane for simple GETs; for comparison)")
     serve.add_argument("--config", type=Path, help="TOML file with the same settings (flags win)")
 
     cert = cli.verb("proxy", "cert", "make a self-signed certificate for a hostname (lab TLS)", proxy_cert)
@@ -50,6 +52,8 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         overrides["access_log"] = "" if args.access_log == "off" else args.access_log
     if args.static_rtt:
         overrides["measure_rtt"] = False
+    if args.no_lane:
+        overrides["lane"] = False
     if args.no_http2:
         overrides["http2"] = False
     if args.upstream_override:

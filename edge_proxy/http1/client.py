@@ -37,6 +37,13 @@ class ResponseSink(Protocol):
     def flush(self) -> None: ...
 
 
+class LaneFlight(Protocol):
+    """A request answered from the read callbacks, without an Exchange (edge_proxy.lane.Flight)."""
+
+    def response(self, data: bytes) -> bool: ...  # False: it materialized, the parser takes `data`
+    def materialize(self) -> object: ...  # become the connection's current Exchange with a sink
+
+
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, key: Key, pool: UpstreamPool | None = None) -> None:
         self.key = key
@@ -51,6 +58,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self.tunnel = False
+        # A request in flight on the edge's lane (see ServerConnection.lane): offered each read first; it
+        # answers simple responses itself and otherwise sets `sink` (materialize) and lets the parser go on.
+        self.lane: LaneFlight | None = None
         self._headers: h.Headers = []
         self._status = 0
         self._in_info = False
@@ -66,6 +76,8 @@ class UpstreamConnection(asyncio.Protocol):
         set_nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lane is not None:
+            self.lane.materialize()
         self.closed = True
         self.reusable = False
         if self.pool is not None:
@@ -75,6 +87,8 @@ class UpstreamConnection(asyncio.Protocol):
             sink.upstream_lost(exc or ConnectionResetError("upstream closed the connection"))
 
     def data_received(self, data: bytes) -> None:
+        if self.lane is not None and self.lane.response(data):
+            return
         if self.tunnel:
             if self.sink is not None:
                 self.sink.tunnel_data(data)

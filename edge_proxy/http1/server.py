@@ -27,6 +27,7 @@ import httptools
 from edge_proxy.errors import HttpError
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.body import BodyError
+from edge_proxy.http1.client import LaneFlight
 from edge_proxy.http1.exchange import Exchange, ServerLimits, error_response
 from edge_proxy.http1.head import set_nodelay
 from edge_proxy.http1.sweeper import sweeper
@@ -64,6 +65,12 @@ class ServerConnection(asyncio.Protocol):
         # Optional callback-driven handler tried before `handler`: True means it took the exchange and will
         # call `done(ex)` (or `hand_over`) itself, with no task per request; False means "use the handler".
         self.fast: Callable[[Exchange], bool] | None = None
+        # Optional hook tried with each read before the parser, while nothing is in flight: True means it took
+        # the bytes (a whole simple request) and set `flight`, an object that answers it without an Exchange;
+        # `flight.materialize()` turns it into the current Exchange when anything else happens first.
+        self.lane: Callable[[ServerConnection, bytes], bool] | None = None
+        self.flight: LaneFlight | None = None
+        self.lane_prefix = b""  # the lane's per-connection request fields
         self._loop = asyncio.get_running_loop()
         self._pending: deque[Exchange] = deque()
         self._current: Exchange | None = None
@@ -107,6 +114,8 @@ class ServerConnection(asyncio.Protocol):
             self._on_open(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.flight is not None:
+            self.flight.materialize()
         self.closed = True
         self._disarm()
         sweeper(self._loop).discard(self)
@@ -123,6 +132,11 @@ class ServerConnection(asyncio.Protocol):
             self._on_close(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.flight is not None:
+            self.flight.materialize()  # bytes behind a request in flight: the parser's and the Exchange's job
+        elif (self.lane is not None and self._current is None and not self._in_head and self._tunnel is None
+              and not self.draining and not self._write_paused and self.lane(self, data)):
+            return
         if self._tunnel is not None:
             sink = self._tunnel._tunnel_sink
             if sink is None:
@@ -418,7 +432,7 @@ class ServerConnection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self._current is None and not self._in_head and self._tunnel is None
+        return self._current is None and not self._in_head and self._tunnel is None and self.flight is None
 
     def start_drain(self) -> None:
         """Graceful shutdown: idle connections close now, busy ones after their current response."""

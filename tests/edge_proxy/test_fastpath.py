@@ -1,5 +1,6 @@
 """The callback-driven fast path (`edge_proxy.fastpath`) against the general path: same bytes upstream, same
-answers, and the first attempt's failures (dead pooled connection, timeout, fly-replay) carried on correctly."""
+answers, and the first attempt's failures (dead pooled connection, timeout, fly-replay) carried on correctly.
+The lane (tests in test_lane.py) is off here: it would answer most of these requests before the fast path."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def count_fast(proxy: EdgeProxy) -> list[bool]:
 
 @aio
 async def test_fast_path_sends_what_the_general_path_sends(tmp_path: Path) -> None:
-    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, lane=False) as lab:
         taken = count_fast(lab.service.proxy)
         headers = {"X-Forwarded-For": "10.1.1.1", "Via": "1.1 cdn", "X-Custom": "a", "X-Gone": "b",
                    "Fly-Client-IP": "6.6.6.6", "Fly-Request-Id": "forged", "Keep-Alive": "timeout=5"}
@@ -54,7 +55,7 @@ async def test_fast_path_sends_what_the_general_path_sends(tmp_path: Path) -> No
 
 @aio
 async def test_fast_path_keep_alive_and_pipelining(tmp_path: Path) -> None:
-    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, lane=False) as lab:
         assert (await request(lab.port)).status == 200  # warm the pool
         taken = count_fast(lab.service.proxy)
         reader, writer = await asyncio.open_connection("127.0.0.1", lab.port)
@@ -71,7 +72,7 @@ async def test_fast_path_keep_alive_and_pipelining(tmp_path: Path) -> None:
 
 @aio
 async def test_fast_path_dead_pooled_connection_and_timeout(tmp_path: Path) -> None:
-    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, first_byte_timeout=0.5) as lab:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, first_byte_timeout=0.5, lane=False) as lab:
         assert (await request(lab.port)).status == 200
         taken = count_fast(lab.service.proxy)
         lab.backends["gru1"].fail_next = 1
@@ -85,7 +86,7 @@ async def test_fast_path_dead_pooled_connection_and_timeout(tmp_path: Path) -> N
 
 @aio
 async def test_fast_path_replay(tmp_path: Path) -> None:
-    async with edge_lab(tmp_path, {"gru1": ("web", "gru"), "sjc1": ("web", "sjc")}) as lab:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru"), "sjc1": ("web", "sjc")}, lane=False) as lab:
         assert (await request(lab.port)).status == 200
         taken = count_fast(lab.service.proxy)
         lab.backends["gru1"].replay = "region=sjc;state=s1"
@@ -100,7 +101,7 @@ async def test_local_tier_shortcut_agrees_with_the_chooser(tmp_path: Path) -> No
     config = {"app": "web", "http_service": {"internal_port": 8080, "concurrency": {
         "type": "connections", "soft_limit": 3, "hard_limit": 5}}}
     machines = {"gru1": ("web", "gru"), "gru2": ("web", "gru"), "gru3": ("web", "gru"), "gig1": ("web", "gig")}
-    async with edge_lab(tmp_path, machines, app_config=config) as lab:
+    async with edge_lab(tmp_path, machines, app_config=config, lane=False) as lab:
         proxy = lab.service.proxy
         app = proxy.table.apps["web"]
         ids = list(lab.machines.values())
@@ -123,7 +124,7 @@ async def test_local_tier_shortcut_agrees_with_the_chooser(tmp_path: Path) -> No
 
 @aio
 async def test_fast_path_client_gone_while_upstream_silent(tmp_path: Path) -> None:
-    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, first_byte_timeout=0.4) as lab:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, first_byte_timeout=0.4, lane=False) as lab:
         assert (await request(lab.port)).status == 200
         taken = count_fast(lab.service.proxy)
         # The client leaves after 0.1 s; the machine would answer after 3 s: the first-byte clock still runs.
@@ -137,7 +138,7 @@ async def test_fast_path_client_gone_while_upstream_silent(tmp_path: Path) -> No
 
 @aio
 async def test_fast_path_head_http10_and_chunked(tmp_path: Path) -> None:
-    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, lane=False) as lab:
         assert (await request(lab.port)).status == 200
         taken = count_fast(lab.service.proxy)
         size = len((await request(lab.port)).body)
@@ -157,7 +158,7 @@ async def test_fast_path_head_http10_and_chunked(tmp_path: Path) -> None:
 
 @aio
 async def test_request_then_garbage_in_one_read_never_marks_the_machine_down(tmp_path: Path) -> None:
-    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}) as lab:
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, lane=False) as lab:
         assert (await request(lab.port)).status == 200
         taken = count_fast(lab.service.proxy)
         out = await raw(lab.port, b"GET / HTTP/1.1\r\nHost: web.sixpn.test\r\n\r\n\x01garbage\r\n\r\n", timeout=1.0)

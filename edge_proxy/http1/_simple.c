@@ -1,0 +1,294 @@
+/* The edge's "simple message" recognizers in C: the same semantics as `scan_request_py` and
+ * `rewrite_response_py` in simple.py (the reference, and the fallback when this module is not built).
+ *
+ * Both accept only a strict subset of RFC 9112 that every parser reads the same way (no obs-fold, no bare LF,
+ * no framing fields but one plain Content-Length on responses, nothing before or after the message), and
+ * answer None for anything else: such messages take the general path, parsed by httptools (llhttp). One call
+ * here replaces a dozen httptools callbacks into Python per message, which is what the lane is for.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <ctype.h>
+#include <string.h>
+
+static unsigned char TCHAR[256];  /* RFC 9110 §5.6.2 tchar */
+static unsigned char FIELD[256];  /* RFC 9110 §5.5 field-value bytes plus SP/HTAB: HTAB, SP, VCHAR, obs-text */
+static unsigned char REGNAME[256];  /* the Host reg-name bytes edge_proxy.http1.head accepts */
+static PyObject *GET_BYTES, *HEAD_BYTES;
+
+enum kind { KEEP, DROP, REJECT, HOST, LENGTH, CONNECTION };
+
+static int ieq(const unsigned char *p, Py_ssize_t len, const char *lit, Py_ssize_t litlen) {
+    if (len != litlen) return 0;
+    for (Py_ssize_t k = 0; k < len; k++)
+        if ((p[k] | 0x20) != (unsigned char)lit[k]) return 0;  /* lit is lower-case letters and '-' */
+    return 1;
+}
+
+static int ipre(const unsigned char *p, Py_ssize_t len, const char *lit, Py_ssize_t litlen) {
+    return len >= litlen && ieq(p, litlen, lit, litlen);
+}
+
+#define IS(lit) ieq(name, len, lit, (Py_ssize_t)sizeof(lit) - 1)
+#define PRE(lit) ipre(name, len, lit, (Py_ssize_t)sizeof(lit) - 1)
+
+/* What the lane does with a request field: the edge owns or acts on the rejected ones (framing, Expect,
+ * Upgrade, hop-by-hop, its own fly-* and x-forwarded-* fields, Via). */
+static enum kind request_field(const unsigned char *name, Py_ssize_t len) {
+    if (IS("host")) return HOST;
+    if (IS("connection")) return CONNECTION;
+    if (IS("keep-alive")) return DROP;
+    if (IS("content-length") || IS("transfer-encoding") || IS("upgrade") || IS("expect") || IS("te")
+        || IS("trailer") || IS("via") || PRE("proxy-") || PRE("x-forwarded-") || PRE("fly-"))
+        return REJECT;
+    return KEEP;
+}
+
+static enum kind response_field(const unsigned char *name, Py_ssize_t len) {
+    if (IS("content-length")) return LENGTH;
+    if (IS("connection")) return CONNECTION;
+    if (IS("server") || IS("fly-request-id") || IS("keep-alive")) return DROP;
+    if (IS("transfer-encoding") || IS("upgrade") || IS("te") || IS("trailer") || IS("via") || IS("fly-replay")
+        || PRE("proxy-"))
+        return REJECT;
+    return KEEP;
+}
+
+typedef enum kind (*classifier)(const unsigned char *, Py_ssize_t);
+
+/* One field line at d[i] (RFC 9112 §5): `name ":" OWS value OWS CRLF`. Returns the index after its CRLF, or
+ * -1 when the line is not in the subset (obs-fold §5.2 starts with SP/HTAB and fails the name). */
+static Py_ssize_t field_line(const unsigned char *d, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *name_end,
+                             Py_ssize_t *value_start, Py_ssize_t *value_end) {
+    Py_ssize_t start = i;
+    while (i < n && TCHAR[d[i]]) i++;
+    if (i == start || i >= n || d[i] != ':') return -1;
+    *name_end = i++;
+    while (i < n && (d[i] == ' ' || d[i] == '\t')) i++;
+    Py_ssize_t vs = i;
+    while (i < n && FIELD[d[i]]) i++;
+    if (n - i < 2 || d[i] != '\r' || d[i + 1] != '\n') return -1;
+    Py_ssize_t ve = i;
+    while (ve > vs && (d[ve - 1] == ' ' || d[ve - 1] == '\t')) ve--;
+    *value_start = vs;
+    *value_end = ve;
+    return i + 2;
+}
+
+static int keep_alive_value(const unsigned char *d, Py_ssize_t vs, Py_ssize_t ve) {
+    return ieq(d + vs, ve - vs, "keep-alive", 10);
+}
+
+/* The Host value edge_proxy.http1.head accepts: `[v6]` or reg-name, then an optional `:port` (RFC 9110 §7.2). */
+static int valid_host(const unsigned char *d, Py_ssize_t i, Py_ssize_t end) {
+    if (i < end && d[i] == '[') {
+        Py_ssize_t start = ++i;
+        while (i < end && (isxdigit(d[i]) || d[i] == ':' || d[i] == '.')) i++;
+        if (i == start || i >= end || d[i] != ']') return 0;
+        i++;
+    } else {
+        while (i < end && REGNAME[d[i]]) i++;
+    }
+    if (i == end) return 1;
+    if (d[i] != ':') return 0;
+    Py_ssize_t digits = end - i - 1;
+    if (digits < 1 || digits > 5) return 0;
+    for (i++; i < end; i++)
+        if (d[i] < '0' || d[i] > '9') return 0;
+    return 1;
+}
+
+/* Copy d[from:to) minus the dropped field lines into out; returns the bytes written. */
+static Py_ssize_t copy_kept(const unsigned char *d, Py_ssize_t from, Py_ssize_t to, classifier classify,
+                            char *out) {
+    Py_ssize_t written = 0, i = from, ne, vs, ve;
+    while (i < to) {
+        Py_ssize_t next = field_line(d, to, i, &ne, &vs, &ve);  /* validated already: never -1 here */
+        enum kind k = classify(d + i, ne - i);
+        if (k != DROP && !(k == CONNECTION && keep_alive_value(d, vs, ve))) {
+            memcpy(out + written, d + i, (size_t)(next - i));
+            written += next - i;
+        }
+        i = next;
+    }
+    return written;
+}
+
+/* scan_request(data, max_headers) -> (method, host, kept) | None: see simple.scan_request_py. */
+static PyObject *scan_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "scan_request(data: bytes, max_headers: int)");
+        return NULL;
+    }
+    long max_headers = PyLong_AsLong(args[1]);
+    if (max_headers == -1 && PyErr_Occurred()) return NULL;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    PyObject *method;
+    Py_ssize_t i;
+    if (n >= 4 && memcmp(d, "GET ", 4) == 0) {  /* RFC 9112 §3: method SP request-target SP HTTP-version */
+        method = GET_BYTES;
+        i = 4;
+    } else if (n >= 5 && memcmp(d, "HEAD ", 5) == 0) {
+        method = HEAD_BYTES;
+        i = 5;
+    } else {
+        Py_RETURN_NONE;
+    }
+    if (i >= n || d[i] != '/') Py_RETURN_NONE;  /* origin-form only (§3.2.1) */
+    while (i < n && d[i] >= 0x21 && d[i] <= 0x7e) i++;
+    if (n - i < 11 || memcmp(d + i, " HTTP/1.1\r\n", 11) != 0) Py_RETURN_NONE;
+    i += 11;
+    Py_ssize_t fields_start = i, host_start = 0, host_end = 0, dropped = 0, ne, vs, ve;
+    long count = 0;
+    int hosts = 0;
+    for (;;) {
+        if (n - i < 2) Py_RETURN_NONE;
+        if (d[i] == '\r') {
+            if (d[i + 1] != '\n' || i + 2 != n) Py_RETURN_NONE;  /* the head is all of `data` */
+            break;
+        }
+        Py_ssize_t next = field_line(d, n, i, &ne, &vs, &ve);
+        if (next < 0 || ++count > max_headers) Py_RETURN_NONE;
+        switch (request_field(d + i, ne - i)) {
+        case REJECT: Py_RETURN_NONE;
+        case HOST: hosts++; host_start = vs; host_end = ve; break;
+        case CONNECTION:
+            if (!keep_alive_value(d, vs, ve)) Py_RETURN_NONE;
+            dropped += next - i;
+            break;
+        case DROP: dropped += next - i; break;
+        default: break;
+        }
+        i = next;
+    }
+    if (hosts != 1 || host_end == host_start || !valid_host(d, host_start, host_end)) Py_RETURN_NONE;
+    PyObject *kept;
+    if (!dropped) {
+        kept = PyBytes_FromStringAndSize((const char *)d, n - 2);
+    } else {
+        kept = PyBytes_FromStringAndSize(NULL, n - 2 - dropped);
+        if (kept != NULL) {
+            char *out = PyBytes_AS_STRING(kept);
+            memcpy(out, d, (size_t)fields_start);
+            copy_kept(d, fields_start, n - 2, request_field, out + fields_start);
+        }
+    }
+    if (kept == NULL) return NULL;
+    PyObject *host = PyBytes_FromStringAndSize((const char *)d + host_start, host_end - host_start);
+    if (host == NULL) {
+        Py_DECREF(kept);
+        return NULL;
+    }
+    Py_INCREF(method);
+    PyObject *result = PyTuple_New(3);
+    if (result == NULL) {
+        Py_DECREF(method);
+        Py_DECREF(host);
+        Py_DECREF(kept);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, method);
+    PyTuple_SET_ITEM(result, 1, host);
+    PyTuple_SET_ITEM(result, 2, kept);
+    return result;
+}
+
+/* rewrite_response(data, tail) -> (status, out) | None: see simple.rewrite_response_py. */
+static PyObject *rewrite_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "rewrite_response(data: bytes, tail: bytes)");
+        return NULL;
+    }
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    const char *tail = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t tail_len = PyBytes_GET_SIZE(args[1]);
+    /* RFC 9112 §4: HTTP-version SP 3DIGIT SP [ reason-phrase ] CRLF */
+    if (n < 15 || memcmp(d, "HTTP/1.1 ", 9) != 0 || d[12] != ' ') Py_RETURN_NONE;
+    int status = 0;
+    for (int k = 9; k < 12; k++) {
+        if (d[k] < '0' || d[k] > '9') Py_RETURN_NONE;
+        status = status * 10 + (d[k] - '0');
+    }
+    if (status < 200 || status > 599 || status == 204 || status == 304) Py_RETURN_NONE;
+    Py_ssize_t i = 13;
+    while (i < n && FIELD[d[i]]) i++;
+    if (n - i < 2 || d[i] != '\r' || d[i + 1] != '\n') Py_RETURN_NONE;
+    i += 2;
+    Py_ssize_t fields_start = i, dropped = 0, ne, vs, ve;
+    long long length = -1;
+    int count = 0;
+    for (;;) {
+        if (n - i < 2) Py_RETURN_NONE;
+        if (d[i] == '\r') {
+            if (d[i + 1] != '\n') Py_RETURN_NONE;
+            i += 2;
+            break;
+        }
+        Py_ssize_t next = field_line(d, n, i, &ne, &vs, &ve);
+        if (next < 0 || ++count > 100) Py_RETURN_NONE;
+        switch (response_field(d + i, ne - i)) {
+        case REJECT: Py_RETURN_NONE;
+        case LENGTH:  /* §6.3: exactly one, plain digits; anything else is for llhttp and the general rules */
+            if (length >= 0 || ve == vs || ve - vs > 15) Py_RETURN_NONE;
+            length = 0;
+            for (Py_ssize_t k = vs; k < ve; k++) {
+                if (d[k] < '0' || d[k] > '9') Py_RETURN_NONE;
+                length = length * 10 + (d[k] - '0');
+            }
+            break;
+        case CONNECTION:
+            if (!keep_alive_value(d, vs, ve)) Py_RETURN_NONE;
+            dropped += next - i;
+            break;
+        case DROP: dropped += next - i; break;
+        default: break;
+        }
+        i = next;
+    }
+    Py_ssize_t head_end = i;  /* after the empty line */
+    if (length < 0 || n - head_end != length) Py_RETURN_NONE;
+    Py_ssize_t fields_end = head_end - 2;
+    Py_ssize_t size = fields_end - dropped + tail_len + 2 + (n - head_end);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, d, (size_t)fields_start);
+    Py_ssize_t w = fields_start;
+    if (dropped) {
+        w += copy_kept(d, fields_start, fields_end, response_field, o + w);
+    } else {
+        memcpy(o + w, d + fields_start, (size_t)(fields_end - fields_start));
+        w += fields_end - fields_start;
+    }
+    memcpy(o + w, tail, (size_t)tail_len);
+    w += tail_len;
+    o[w++] = '\r';
+    o[w++] = '\n';
+    memcpy(o + w, d + head_end, (size_t)(n - head_end));
+    return Py_BuildValue("(iN)", status, out);
+}
+
+static PyMethodDef METHODS[] = {
+    {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
+     "scan_request(data, max_headers, /) -> (method, host, kept) | None"},
+    {"rewrite_response", (PyCFunction)(void (*)(void))rewrite_response, METH_FASTCALL,
+     "rewrite_response(data, tail, /) -> (status, out) | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_simple", NULL, -1, METHODS};
+
+PyMODINIT_FUNC PyInit__simple(void) {
+    const char *tchar = "!#$%&'*+-.^_`|~";
+    for (int c = 0; c < 256; c++) {
+        TCHAR[c] = (unsigned char)(isalnum(c) && c < 128) || (c && strchr(tchar, c) != NULL);
+        FIELD[c] = (unsigned char)(c == '\t' || (c >= 0x20 && c != 0x7f));
+        REGNAME[c] = (unsigned char)(isalnum(c) && c < 128) || (c && strchr("._~%!$&'()*+,;=-", c) != NULL);
+    }
+    GET_BYTES = PyBytes_FromString("GET");
+    HEAD_BYTES = PyBytes_FromString("HEAD");
+    if (GET_BYTES == NULL || HEAD_BYTES == NULL) return NULL;
+    return PyModule_Create(&MODULE);
+}
