@@ -13,6 +13,7 @@ Proxy-originated errors carry `fly-proxy-error: <code>` and the same code in the
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import random
@@ -32,7 +33,7 @@ from edge_proxy.http1.client import Key, UpstreamPool
 from edge_proxy.http1.forward import HOLD_LIMIT, BodyTee, ForwardResult, Timeouts, forward
 from edge_proxy.http1.server import Exchange, ServerConnection
 from edge_proxy.lane import Flight, Lane
-from edge_proxy.metrics import Labels, Metrics
+from edge_proxy.metrics import BUCKETS, Labels, Metrics
 from edge_proxy.routing import (
     MAX_REPLAYS,
     REPLAY_BODY_LIMIT,
@@ -409,26 +410,29 @@ class EdgeProxy:
         })
 
     def finish_lane(self, flight: Flight, status: int, sent: int, now: float) -> None:
-        """`finish` for a request answered on the lane (no Exchange)."""
-        app = flight.app.name
-        keys = self._metric_keys.get((app, status))
-        if keys is None:
-            if len(self._metric_keys) > 4096:
-                self._metric_keys.clear()
-            keys = self._metric_keys[(app, status)] = (
-                (("app", app), ("region", self.region), ("status", str(status))), (("app", app),))
-        self.metrics.inc_key("sixpn_edge_requests_total", keys[0])
+        """`finish` for a request answered on the lane (no Exchange): the same metrics and log record."""
+        route = flight.route
+        key = route.counts.get(status)
+        if key is None:
+            key = route.counts[status] = (("app", route.app.name), ("region", self.region), ("status", str(status)))
+        self.metrics.inc_key("sixpn_edge_requests_total", key)
         elapsed = now - flight.started
-        self.metrics.observe_key("sixpn_edge_request_seconds", elapsed, keys[1])
+        row = route.row
+        if row is None:
+            self.metrics.observe("sixpn_edge_request_seconds", elapsed, app=route.app.name)
+            route.row = self.metrics.hists["sixpn_edge_request_seconds"][(("app", route.app.name),)]
+        else:
+            row[bisect.bisect_left(BUCKETS, elapsed)] += 1  # `Metrics.observe_key` on the row it would find
+            row[-1] += elapsed
         if self.access_log is None:
             return
         target = flight.kept.split(b" ", 2)[1]
         self._log({
             "ts": round(time.time(), 3), "id": flight.rid.decode(), "client": flight.conn.peer[0],
             "method": flight.method.decode(), "host": h.host_name(flight.host),
-            "path": target.decode("latin-1")[:200], "status": status, "app": app, "machine": flight.machine.id,
-            "machine_region": flight.machine.region, "edge": self.region, "ms": round(elapsed * 1000, 2),
-            "bytes": sent, "retries": 0, "replays": 0, "error": "",
+            "path": target.decode("latin-1")[:200], "status": status, "app": route.app.name,
+            "machine": flight.machine.id, "machine_region": flight.machine.region, "edge": self.region,
+            "ms": round(elapsed * 1000, 2), "bytes": sent, "retries": 0, "replays": 0, "error": "",
         })
 
     def _log(self, record: dict[str, object]) -> None:

@@ -125,6 +125,10 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.sink is None:
+            # A response nobody asked for (bytes after a complete response in the same read): the connection
+            # is out of step with its requests (RFC 9112 §9.3.2) and must not go back to the pool.
+            raise UpstreamError("unsolicited bytes after a response", sent=True)
         self._headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -167,6 +167,8 @@ class ServerConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A client may half-close after its request (RFC 9112 §9.6): keep writing until it is answered.
         self._eof = True
+        if self.flight is not None:
+            self.flight.materialize()  # the Exchange's rules: answer, with `connection: close`, then close
         if (self._current is None and not self._pending) or self.scheme == "https":
             return None
         return True
