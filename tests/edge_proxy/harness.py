@@ -91,6 +91,20 @@ class Backend:
         if path == b"/health":
             ex.respond(self.status, [], b"ok\n")
             return
+        if path == b"/delay":  # a short wait before an ordinary answer (a request in flight for a while)
+            await asyncio.sleep(0.3)
+            ex.respond(200, [], b"delayed\n")
+            return
+        if path == b"/split":  # the head and the body in two writes, apart: two reads at the edge
+            ex.conn.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 11\r\n\r\n")
+            await asyncio.sleep(0.05)
+            ex.conn.write(b"split body\n")
+            ex.started = ex.finished = True
+            return
+        if path == b"/garbage":  # a complete response and bytes after it, in one write
+            ex.conn.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\nHTTP/1.1 200 OK\r\n\r\n")
+            ex.started = ex.finished = True
+            return
         body = await ex.body.read_all(64 * 1024 * 1024)
         assert body is not None
         doc = {
