@@ -101,6 +101,9 @@ class Backend:
             ex.conn.write(b"split body\n")
             ex.started = ex.finished = True
             return
+        if path == b"/via":  # a response that already went through a proxy at the machine's side
+            ex.respond(200, [(b"via", b"1.1 app-cache"), (b"server", b"backend")], b"via\n")
+            return
         if path == b"/garbage":  # a complete response and bytes after it, in one write
             ex.conn.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\nHTTP/1.1 200 OK\r\n\r\n")
             ex.started = ex.finished = True

@@ -231,6 +231,22 @@ async def test_fly_replay(tmp_path: Path) -> None:
 
 
 @aio
+async def test_response_via_is_merged(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, ONE) as lab:
+        taken = await warm(lab)
+        client = await Client.open(lab.port)
+        try:
+            r = await client.get("/via")  # the lane declines the response (a Via): the Relay merges it
+            assert r.status == 200 and r.body == b"via\n" and r.header("via") == "1.1 app-cache, 1.1 sixpn-edge"
+            assert r.header("server") == "sixpn-edge" and [k for k, _ in r.headers].count("server") == 1
+            r = await client.get("/")
+            assert r.status == 200 and r.header("via") == "1.1 sixpn-edge"
+        finally:
+            client.close()
+        assert taken == [True, True] and settled(lab.service.proxy)
+
+
+@aio
 async def test_dead_pooled_connection_is_retried(tmp_path: Path) -> None:
     async with edge_lab(tmp_path, ONE) as lab:
         taken = await warm(lab)
@@ -454,6 +470,24 @@ async def test_connections_mode_keep_alive_on_the_lane(tmp_path: Path) -> None:
         assert proxy.load.connections == {} and settled(proxy)
 
 
+@aio
+async def test_idle_timeout_after_but_not_during_a_flight(tmp_path: Path) -> None:
+    async with edge_lab(tmp_path, ONE, idle_timeout=0.2) as lab:
+        taken = await warm(lab)
+        client = await Client.open(lab.port)
+        try:
+            r = await client.get("/delay")  # 0.3 s in flight: longer than the idle timeout
+            assert r.status == 200 and r.body == b"delayed\n"
+            r = await client.get("/again")  # the keep-alive connection is still usable right after
+            assert r.status == 200
+            started = asyncio.get_running_loop().time()
+            assert await client.closed()  # then idle: closed by the edge
+            assert asyncio.get_running_loop().time() - started < 1.0
+        finally:
+            client.close()
+        assert taken == [True, True]
+
+
 # -- 4: what the lane declines -----------------------------------------------------------------------------------
 
 @aio
@@ -475,9 +509,11 @@ async def test_declined_requests_are_answered(tmp_path: Path) -> None:
         assert r.status == 200 and dict(sent(r))["fly-prefer-region"] == "gru"
         r = await get(port, headers={"X-Forwarded-For": "10.1.1.1"})
         assert r.status == 200 and dict(sent(r))["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
+        r = await get(port, headers={"Via": "1.1 cdn"})
+        assert r.status == 200 and dict(sent(r))["via"] == "1.1 cdn, 1.1 sixpn-edge"
         r = await get(port, host="nope.sixpn.test")
         assert r.status == 404 and r.header("fly-proxy-error") == "PR02"
-        assert taken == [False] * 5
+        assert taken == [False] * 6
         assert settled(lab.service.proxy)
 
 
