@@ -2,7 +2,9 @@
 
 The backend is a third nginx (one worker) answering a fixed 200 on loopback, so both proxies are the thing
 measured. The edge runs `sixpn proxy serve` with a temporary catalog (Host routing, the routing core, all
-request/response headers on; access log off on both). Ends with one `key=value ...` line.
+request/response headers on; access log off on both), and once more with `--no-lane` (every request through
+httptools and the fast path) for comparison. Ends with one `key=value ...` line; `c_ext=1` when the lane's
+C recognizers (edge_proxy/http1/_simple.c) were built.
 
     .venv/bin/python bench/proxy_bench.py [--duration 5] [--connections 50]
 """
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from catalog import Catalog  # noqa: E402
+from edge_proxy.http1.simple import ACCELERATED  # noqa: E402
 
 BACKEND_CONF = """
 worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err warn;
@@ -173,23 +176,30 @@ def run(tmp: Path, duration: int, connections: int) -> None:
     edge_cmd = [sys.executable, "-m", "sixpn.cli", "--state", str(tmp / "state"), "proxy", "serve", "--region",
                 "gru", "--listen", f"127.0.0.1:{edge_port}", "--access-log", "off", "--static-rtt", "--metrics", "off",
                 "--upstream-override", f"{machine.id}=127.0.0.1:{backend}"]
+    plain_port = free_port()
+    plain_cmd = [*edge_cmd, "--no-lane"]
+    plain_cmd[plain_cmd.index(f"127.0.0.1:{edge_port}")] = f"127.0.0.1:{plain_port}"
     with process(["nginx", "-p", str(tmp), "-c", str(tmp / "backend.conf")]), \
             process(["nginx", "-p", str(tmp), "-c", str(tmp / "proxy.conf")]) as nginx_proc, \
-            process(edge_cmd, env=env) as edge_proc:
-        for port in (backend, nginx_port, edge_port):
+            process(edge_cmd, env=env) as edge_proc, process(plain_cmd, env=env) as plain_proc:
+        for port in (backend, nginx_port, edge_port, plain_port):
             wait_port(port)
-        wrk(edge_port, "web.sixpn.test", 1, connections)  # warm up pools
-        wrk(nginx_port, "web.sixpn.test", 1, connections)
+        for port in (edge_port, plain_port, nginx_port):
+            wrk(port, "web.sixpn.test", 1, connections)  # warm up pools
         direct = wrk(backend, "web.sixpn.test", duration, connections)
         nginx = measured(nginx_proc.pid, nginx_port, duration, connections)
         edge = measured(edge_proc.pid, edge_port, duration, connections)
+        plain = measured(plain_proc.pid, plain_port, duration, connections)
     print(f"direct: {direct[0]:.0f} rps p50 {direct[1]:.2f} ms p99 {direct[2]:.2f} ms")
     print(f"nginx:  {nginx[0]:.0f} rps p50 {nginx[1]:.2f} ms p99 {nginx[2]:.2f} ms, {nginx[3]:.1f} us CPU/request, "
           f"RSS {nginx[4]:.1f} MiB")
     print(f"edge:   {edge[0]:.0f} rps p50 {edge[1]:.2f} ms p99 {edge[2]:.2f} ms, {edge[3]:.1f} us CPU/request, "
           f"RSS {edge[4]:.1f} MiB")
+    print(f"edge without the lane (--no-lane): {plain[0]:.0f} rps p50 {plain[1]:.2f} ms p99 {plain[2]:.2f} ms, "
+          f"{plain[3]:.1f} us CPU/request")
     print(
         f"edge_rps={edge[0]:.0f} nginx_rps={nginx[0]:.0f} ratio={edge[0] / nginx[0]:.2f} "
+        f"no_lane_ratio={plain[0] / nginx[0]:.2f} c_ext={int(ACCELERATED)} "
         f"edge_added_p50_ms={edge[1] - direct[1]:.2f} edge_added_p99_ms={edge[2] - direct[2]:.2f} "
         f"nginx_added_p50_ms={nginx[1] - direct[1]:.2f} nginx_added_p99_ms={nginx[2] - direct[2]:.2f} "
         f"edge_cpu_us_per_req={edge[3]:.1f} nginx_cpu_us_per_req={nginx[3]:.1f} "

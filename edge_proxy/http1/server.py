@@ -118,7 +118,8 @@ class ServerConnection(asyncio.Protocol):
             self.flight.materialize()
         self.closed = True
         self._disarm()
-        sweeper(self._loop).discard(self)
+        if not self.first_byte_at:  # a gone client's request still waiting upstream keeps its clock (504, load)
+            sweeper(self._loop).discard(self)
         gone = BodyError("client closed the connection")
         for ex in (self._current, self._parsing, *self._pending):
             if ex is not None:

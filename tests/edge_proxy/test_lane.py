@@ -283,9 +283,6 @@ async def test_client_gone_while_machine_silent(tmp_path: Path) -> None:
         assert 'status="504"' in proxy.metrics.render()
 
 
-@pytest.mark.xfail(strict=True, reason="server.py (lane and fast path): ServerConnection.connection_lost discards the "
-                   "connection from the sweeper although first_byte_at is set (Sweeper.sweep means to keep it): "
-                   "after a client RST no 504, load.requests stays 1 until the machine answers (then a 200)")
 @aio
 @pytest.mark.parametrize("lane", [True, False])
 async def test_client_reset_while_machine_silent(tmp_path: Path, lane: bool) -> None:
