@@ -6,7 +6,7 @@ request/response headers on; access log off on both), and once more with `--no-l
 httptools and the fast path) for comparison. Ends with one `key=value ...` line; `c_ext=1` when the lane's
 C recognizers (edge_proxy/http1/_simple.c) were built.
 
-    .venv/bin/python bench/proxy_bench.py [--duration 5] [--connections 50]
+    .venv/bin/python bench/proxy_bench.py [--duration 5] [--connections 50] [--browser]
 """
 
 from __future__ import annotations
@@ -129,10 +129,19 @@ def measured(pid: int, port: int, duration: int, connections: int) -> tuple[floa
     return rps, p50, p99, used / (rps * duration) * 1e6, rss_mib(pid)
 
 
+#: `--browser`: the fields a browser sends with a page request (wrk's default request carries only Host).
+BROWSER = ("User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+           "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+           "Accept-Language: en-US,en;q=0.5", "Accept-Encoding: gzip, deflate, br", "Connection: keep-alive",
+           "Cookie: session=6f1c2d3e4a5b; theme=dark", "Upgrade-Insecure-Requests: 1")
+EXTRA_HEADERS: list[str] = []
+
+
 def wrk(port: int, host: str, duration: int, connections: int) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms)."""
+    extra = [arg for field in EXTRA_HEADERS for arg in ("-H", field)]
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {host}",
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {host}", *extra,
          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -152,7 +161,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--browser", action="store_true", help="send a browser's request fields, not just Host")
     args = parser.parse_args()
+    if args.browser:
+        EXTRA_HEADERS.extend(BROWSER)
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
@@ -204,7 +216,7 @@ def run(tmp: Path, duration: int, connections: int) -> None:
         f"nginx_added_p50_ms={nginx[1] - direct[1]:.2f} nginx_added_p99_ms={nginx[2] - direct[2]:.2f} "
         f"edge_cpu_us_per_req={edge[3]:.1f} nginx_cpu_us_per_req={nginx[3]:.1f} "
         f"cpu_ratio={nginx[3] / edge[3]:.2f} edge_rss_mib={edge[4]:.1f} nginx_rss_mib={nginx[4]:.1f} "
-        f"connections={connections} duration_s={duration}"
+        f"connections={connections} duration_s={duration} browser_fields={int(bool(EXTRA_HEADERS))}"
     )
 
 
