@@ -211,7 +211,8 @@ def run(tmp: Path, duration: int, connections: int) -> None:
           f"{plain[3]:.1f} us CPU/request")
     print(
         f"edge_rps={edge[0]:.0f} nginx_rps={nginx[0]:.0f} ratio={edge[0] / nginx[0]:.2f} "
-        f"no_lane_ratio={plain[0] / nginx[0]:.2f} c_ext={int(ACCELERATED)} "
+        f"no_lane_ratio={plain[0] / nginx[0]:.2f} no_lane_added_p50_ms={plain[1] - direct[1]:.2f} "
+        f"no_lane_added_p99_ms={plain[2] - direct[2]:.2f} c_ext={int(ACCELERATED)} "
         f"edge_added_p50_ms={edge[1] - direct[1]:.2f} edge_added_p99_ms={edge[2] - direct[2]:.2f} "
         f"nginx_added_p50_ms={nginx[1] - direct[1]:.2f} nginx_added_p99_ms={nginx[2] - direct[2]:.2f} "
         f"edge_cpu_us_per_req={edge[3]:.1f} nginx_cpu_us_per_req={nginx[3]:.1f} "
