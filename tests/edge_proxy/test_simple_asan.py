@@ -73,7 +73,7 @@ def test_c_recognizers_under_asan_and_ubsan(tmp_path: Path) -> None:
     # PYTHONMALLOC=malloc: bytes objects from malloc, with ASan redzones (pymalloc arenas have none).
     env = {**os.environ, "LD_PRELOAD": libasan, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
            "PYTHONMALLOC": "malloc", "SIXPN_NO_C": "1"}
-    run = subprocess.run([sys.executable, "-c", FUZZ, str(ROOT), str(module), "60000"], env=env,
+    run = subprocess.run([sys.executable, "-c", FUZZ, str(ROOT), str(module), "150000"], env=env,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "AddressSanitizer" not in run.stderr and "runtime error" not in run.stderr
