@@ -8,12 +8,12 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <ctype.h>
 #include <string.h>
 
 static unsigned char TCHAR[256];  /* RFC 9110 §5.6.2 tchar */
 static unsigned char FIELD[256];  /* RFC 9110 §5.5 field-value bytes plus SP/HTAB: HTAB, SP, VCHAR, obs-text */
 static unsigned char REGNAME[256];  /* the Host reg-name bytes edge_proxy.http1.head accepts */
+static unsigned char HEX[256];  /* tables, not <ctype.h> calls: the process locale must not matter */
 static PyObject *GET_BYTES, *HEAD_BYTES;
 
 enum kind { KEEP, DROP, REJECT, HOST, LENGTH, CONNECTION };
@@ -83,7 +83,7 @@ static int keep_alive_value(const unsigned char *d, Py_ssize_t vs, Py_ssize_t ve
 static int valid_host(const unsigned char *d, Py_ssize_t i, Py_ssize_t end) {
     if (i < end && d[i] == '[') {
         Py_ssize_t start = ++i;
-        while (i < end && (isxdigit(d[i]) || d[i] == ':' || d[i] == '.')) i++;
+        while (i < end && (HEX[d[i]] || d[i] == ':' || d[i] == '.')) i++;
         if (i == start || i >= end || d[i] != ']') return 0;
         i++;
     } else {
@@ -280,12 +280,15 @@ static PyMethodDef METHODS[] = {
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_simple", NULL, -1, METHODS};
 
+#define ALNUM(c) (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
+
 PyMODINIT_FUNC PyInit__simple(void) {
     const char *tchar = "!#$%&'*+-.^_`|~";
     for (int c = 0; c < 256; c++) {
-        TCHAR[c] = (unsigned char)(isalnum(c) && c < 128) || (c && strchr(tchar, c) != NULL);
+        TCHAR[c] = (unsigned char)ALNUM(c) || (c && strchr(tchar, c) != NULL);
         FIELD[c] = (unsigned char)(c == '\t' || (c >= 0x20 && c != 0x7f));
-        REGNAME[c] = (unsigned char)(isalnum(c) && c < 128) || (c && strchr("._~%!$&'()*+,;=-", c) != NULL);
+        REGNAME[c] = (unsigned char)ALNUM(c) || (c && strchr("._~%!$&'()*+,;=-", c) != NULL);
+        HEX[c] = (unsigned char)((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'));
     }
     GET_BYTES = PyBytes_FromString("GET");
     HEAD_BYTES = PyBytes_FromString("HEAD");
