@@ -88,6 +88,11 @@ class Backend:
             await asyncio.sleep(3)
             ex.respond(200, [], b"late\n")
             return
+        if path == b"/blob":  # /blob?n=<bytes>: a larger Content-Length body (a slow reader's backpressure)
+            query = ex.head.target.partition(b"?")[2]
+            size = next((int(v) for k, _, v in (p.partition(b"=") for p in query.split(b"&")) if k == b"n"), 0)
+            ex.respond(200, [(b"content-type", b"application/octet-stream")], blob(size))
+            return
         if path == b"/health":
             ex.respond(self.status, [], b"ok\n")
             return
@@ -132,6 +137,12 @@ class Backend:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         ex.started = ex.finished = True
         transport.abort()
+
+
+def blob(size: int) -> bytes:
+    """What /blob?n=<size> answers: a repeating pattern, so a misplaced slice shows."""
+    block = bytes(range(256)) * 4
+    return (block * (size // len(block) + 1))[:size]
 
 
 @dataclass
