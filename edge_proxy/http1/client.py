@@ -61,6 +61,10 @@ class UpstreamConnection(asyncio.Protocol):
         # A request in flight on the edge's lane (see ServerConnection.lane): offered each read first; it
         # answers simple responses itself and otherwise sets `sink` (materialize) and lets the parser go on.
         self.lane: LaneFlight | None = None
+        # Inside `feed_data`: a release from a parser callback waits in `released_at` until the read is parsed
+        # to its end, so bytes after a response can never be taken for the next request's (RFC 9112 §9.3.2).
+        self.feeding = False
+        self.released_at = 0.0
         self._headers: h.Headers = []
         self._status = 0
         self._in_info = False
@@ -98,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.responded = True
+        self.feeding = True
         try:
             self.parser.feed_data(data)
             if self.sink is not None:
@@ -113,6 +118,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             if sink is not None:
                 sink.upstream_lost(UpstreamError(f"invalid response from upstream: {exc}", sent=True))
+        finally:
+            self.feeding = False
+        if self.released_at and self.pool is not None:
+            # Released by a callback of the parse that just ended: only now may it serve another request.
+            now, self.released_at = self.released_at, 0.0
+            self.pool.release(self, now)
 
     def pause_writing(self) -> None:
         if self.sink is not None:
@@ -291,6 +302,9 @@ class UpstreamPool:
         """Return a connection after a complete exchange; it is kept only if still reusable."""
         conn.sink = None
         if conn.closed:
+            return
+        if conn.feeding:  # still parsing the read that completed this exchange: see `UpstreamConnection.feeding`
+            conn.released_at = now or time.monotonic()
             return
         idle = self._idle.get(conn.key)
         if idle is None:  # not setdefault(key, deque()): that builds a deque on every release

@@ -66,7 +66,10 @@ async def test_fast_path_keep_alive_and_pipelining(tmp_path: Path) -> None:
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             assert b'"target": "/p%d"' % i in await reader.readexactly(length)
         writer.close()
-        assert taken and all(taken)
+        # The second request starts while the first's upstream read is still being parsed: that connection is not
+        # handed out before the read ends (bytes after a response must never pass for the next request's), so
+        # it goes the general path on another connection; the third finds a pooled one again.
+        assert taken == [True, False, True]
         assert lab.service.proxy.load.requests == {}  # every in-flight count given back
 
 
