@@ -9,6 +9,8 @@ response whole, well-formed and answering the request it was read for (the machi
 and request id), unique request ids, no load/flight/lane left behind once quiet, a consistent upstream pool,
 no error logged and no task exception. The random choices are seeded per client; the timing is not, so the
 checks are the ones that hold for every interleaving.
+
+What the run found is reduced to the tests at the end; the mix leaves out what is still an xfail (see its name).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ HOST = "web.sixpn.test"
 #: The machines that drop and reset connections now and then. Not sjc1: fly-replay forces region sjc, and with
 #: its only machine marked down every replayed request would be a 503 PR09 (correct, but noise).
 FAULTY = ["gru1", "gig1"]
+NO_REPLAY = "X-Chaos-No-Replay"  # a request field gru1 answers instead of replaying (harness Backend.replay_unless)
 BIG = 200 * 1024  # a POST body larger than a read
 BLOB = 600 * 1024  # what a slow reader asks for: more than the edge's write high-water mark (256 KiB)
 STREAM = b"".join(b"tick %d\n" % i for i in range(5))
@@ -339,8 +342,6 @@ class Client:
                 elif action == "pipelined":
                     reqs = [make_request(rng, self.tag(), method=rng.choice(["GET", "GET", "HEAD", "POST"]))
                             for _ in range(2)]
-                    if reqs[0].path == "/garbage":  # xfail test_pipelined_request_behind_a_response_with_trailing_bytes
-                        reqs[0] = make_request(rng, self.tag(), method=reqs[0].method, path="/")
                     conn.send(reqs[0].wire() + reqs[1].wire())
                 elif action == "behind":  # a second request written while the first is in flight
                     reqs = [make_request(rng, self.tag(), method="GET", path=rng.choice(["/delay", "/stream", "/"])),
@@ -387,6 +388,11 @@ class Client:
             return
         req = make_request(rng, self.tag(), method=rng.choice(["GET", "GET", "POST"]),
                            path=rng.choice(["/", "/delay", "/stream", "/split", "/x"]), last=True)
+        if how == "rst":
+            # Not replayed (gru1 answers it): a request whose client is gone is replayed all the same, and the
+            # replay counts the closed connection on sjc1 for good (the xfail test_request_of_a_reset_client_
+            # forwarded_later_leaks_its_connection_count shows the same through the queue).
+            req.fields[NO_REPLAY] = "1"
         conn.send(req.wire())
         if how == "half_close":
             await conn.writer.drain()
@@ -407,6 +413,7 @@ async def chaos(lab: Lab, rng: random.Random, stop_at: float) -> Counter[str]:
     loop = asyncio.get_running_loop()
     done: Counter[str] = Counter()
     gru1 = lab.backends["gru1"]
+    gru1.replay_unless = NO_REPLAY.lower().encode()
     try:
         while loop.time() < stop_at:
             await asyncio.sleep(rng.uniform(0.1, 0.3))
@@ -423,6 +430,7 @@ async def chaos(lab: Lab, rng: random.Random, stop_at: float) -> Counter[str]:
     finally:
         for backend in lab.backends.values():
             backend.replay = ""
+            backend.replay_unless = b""
             backend.fail_next = backend.reset_after_head = 0
     return done
 
@@ -486,7 +494,7 @@ async def run_chaos(tmp: Path, seed: int, caplog: pytest.LogCaptureFixture) -> N
     loop_errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
     config: dict[str, Any] = {"first_byte_timeout": 1.0, "passive_down": 0.3, "pool_max_per_machine": POOL_MAX,
-              "metrics_listen": ""}
+                              "metrics_listen": ""}
     async with edge_lab(tmp, MACHINES, **config) as lab:
         proxy = lab.service.proxy
         assert (await request(lab.port)).status == 200  # a pooled connection for the lane to start with
@@ -500,12 +508,16 @@ async def run_chaos(tmp: Path, seed: int, caplog: pytest.LogCaptureFixture) -> N
                                           *(c.run() for c in clients))
         assert faults is not None
 
-        # Three keep-alive clients stay connected through the quiet checks, each after a lane request.
+        # Three keep-alive clients stay connected through the quiet checks, each after a lane request: the lane
+        # still works after all that (once gru1's last passive mark-down is over and the pool holds a connection).
+        await asyncio.sleep(0.4)
+        assert (await request(lab.port)).status == 200
         parked = [await Conn.open(lab.port) for _ in range(3)]
         for i, conn in enumerate(parked):
             req = Req("GET", "/parked", f"/parked?i={i}")
             conn.send(req.wire())
             assert await Client(lab.port, book, 0, 0).exchange(conn, req)
+        assert lane[-3:] == [True] * 3, lane[-3:]
 
         def quiet() -> bool:
             return (not proxy.load.requests and len(proxy.connections) == len(parked)
@@ -518,11 +530,12 @@ async def run_chaos(tmp: Path, seed: int, caplog: pytest.LogCaptureFixture) -> N
         # 2. and 4. The pool and the connections hold no leftover exchange.
         assert pool_problems(proxy) == []
         assert connection_problems(proxy) == []
-        assert settled
+        assert settled  # all of the above at the same moment
         for conn in parked:
             conn.close()
-        assert await until(lambda: not proxy.connections and not proxy.load.connections)
-        assert proxy.load.connections == {} and proxy.load.requests == {}
+        await until(lambda: not proxy.connections and not proxy.load.connections)
+        assert not proxy.connections, [(c.peer, c.closed, c.idle) for c in proxy.connections]
+        assert proxy.load.connections == {} and proxy.load.requests == {}, proxy.load.__dict__
 
         # 6. The mix went through all three paths, the lane for a good share.
         lane_n, fast_n, general_n = sum(lane), sum(fast), fast.count(False)
@@ -551,12 +564,9 @@ async def test_chaos(tmp_path: Path, seed: int, caplog: pytest.LogCaptureFixture
     await run_chaos(tmp_path, seed, caplog)
 
 
-# -- what the chaos run found, reduced ------------------------------------------------------------------------
+# -- what the chaos run found, reduced (a regression test once fixed, an xfail until then) ---------------------
 
 @aio
-@pytest.mark.xfail(strict=True, reason="fast path: the upstream connection goes back to the pool, and to the next "
-                   "pipelined request, from inside the parser callback, before the rest of the same read (bytes "
-                   "after the response) is seen; those bytes then parse as the next request's response")
 async def test_pipelined_request_behind_a_response_with_trailing_bytes(tmp_path: Path) -> None:
     async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, metrics_listen="") as lab:
         assert (await request(lab.port)).status == 200  # a pooled connection: both requests go the fast path
@@ -567,10 +577,36 @@ async def test_pipelined_request_behind_a_response_with_trailing_bytes(tmp_path:
             conn.send(first.wire() + second.wire())  # one read at the edge: the second waits behind the first
             book = Book()
             book.check(first, await read_response(conn.reader, "GET"))
-            # Today /second goes out on the connection whose read still holds "HTTP/1.1 200 OK\r\n\r\n": a
-            # close-delimited GET response, held back until the machine closes, whose body is the machine's
-            # actual response to /second. The client waits (here: times out).
+            # Found by the chaos run (fixed in def5713): /second went out on the upstream connection released
+            # from the parser callback while its read still held "HTTP/1.1 200 OK\r\n\r\n", which then parsed as
+            # /second's response (close-delimited, held back as a GET's) with the machine's real answer as its body.
             async with asyncio.timeout(2):
                 book.check(second, await read_response(conn.reader, "GET"))
         finally:
             conn.close()
+
+
+@aio
+@pytest.mark.xfail(strict=True, reason="general path: a request forwarded after its client connection closed (queued "
+                   "at the hard limit here; in the chaos run: fly-replayed) counts the closed connection on the "
+                   "machine (`_count_connection` after `connection_closed`), and nothing ever uncounts it")
+async def test_request_of_a_reset_client_forwarded_later_leaks_its_connection_count(tmp_path: Path) -> None:
+    config = {"app": "web", "http_service": {"internal_port": 8080, "concurrency": {
+        "type": "connections", "soft_limit": 1, "hard_limit": 1}}}
+    async with edge_lab(tmp_path, {"gru1": ("web", "gru")}, app_config=config, metrics_listen="") as lab:
+        proxy = lab.service.proxy
+        assert (await request(lab.port)).status == 200
+        first = await Conn.open(lab.port)
+        first.send(Req("GET", "/delay", "/delay").wire())
+        await asyncio.sleep(0.1)  # in flight: its connection is the machine's one (hard limit 1)
+        second = await Conn.open(lab.port)
+        second.send(Req("GET", "/queued", "/queued").wire())  # queued until the first connection goes
+        await second.writer.drain()
+        await asyncio.sleep(0.05)
+        second.rst()  # gone while queued
+        Book().check(Req("GET", "/delay", "/delay"), await read_response(first.reader, "GET"))
+        first.close()  # capacity: the queued request goes on, for nobody
+        await until(lambda: not proxy.connections and not proxy.load.connections and not proxy.load.requests)
+        assert not proxy.connections and proxy.load.requests == {}
+        # Today: {gru1: 1}, for good; at hard limit 1 the machine takes no other connection again.
+        assert proxy.load.connections == {}, proxy.load.connections
