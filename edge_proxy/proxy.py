@@ -298,8 +298,8 @@ class EdgeProxy:
 
     def _count_connection(self, conn: ServerConnection, machine_id: str, kind: str) -> None:
         """`connections` mode: a client connection counts on the machine its latest request went to."""
-        if kind != "connections":
-            return
+        if kind != "connections" or conn.closed:
+            return  # a gone client's request forwarded anyway (queued, replayed): `connection_closed` uncounted it
         before = conn.state.get("machine")
         if before == machine_id:
             return

@@ -38,7 +38,6 @@ class Backend:
     refuse_upgrade: bool = False
     replay_first_only: bool = False  # do not replay a request that is itself a replay
     reset_after_head: int = 0  # answer this many requests with a head and part of the body, then an RST
-    replay_unless: bytes = b""  # a request carrying this header field is answered, not replayed
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -65,8 +64,7 @@ class Backend:
             ex.start(101, [(b"connection", b"upgrade"), (b"upgrade", ex.head.upgrade)], length=None, no_body=True)
             ex.tunnel(ex.write_raw, lambda: None)  # echo whatever comes
             return
-        if self.replay and not (self.replay_first_only and ex.head.header(b"fly-replay-src") is not None) \
-                and not (self.replay_unless and ex.head.header(self.replay_unless) is not None):
+        if self.replay and not (self.replay_first_only and ex.head.header(b"fly-replay-src") is not None):
             ex.respond(200, [(b"fly-replay", self.replay.encode())], b"replaying")
             return
         if path == b"/stream":

@@ -46,7 +46,6 @@ HOST = "web.sixpn.test"
 #: The machines that drop and reset connections now and then. Not sjc1: fly-replay forces region sjc, and with
 #: its only machine marked down every replayed request would be a 503 PR09 (correct, but noise).
 FAULTY = ["gru1", "gig1"]
-NO_REPLAY = "X-Chaos-No-Replay"  # a request field gru1 answers instead of replaying (harness Backend.replay_unless)
 BIG = 200 * 1024  # a POST body larger than a read
 BLOB = 600 * 1024  # what a slow reader asks for: more than the edge's write high-water mark (256 KiB)
 STREAM = b"".join(b"tick %d\n" % i for i in range(5))
@@ -388,11 +387,6 @@ class Client:
             return
         req = make_request(rng, self.tag(), method=rng.choice(["GET", "GET", "POST"]),
                            path=rng.choice(["/", "/delay", "/stream", "/split", "/x"]), last=True)
-        if how == "rst":
-            # Not replayed (gru1 answers it): a request whose client is gone is replayed all the same, and the
-            # replay counts the closed connection on sjc1 for good (the xfail test_request_of_a_reset_client_
-            # forwarded_later_leaks_its_connection_count shows the same through the queue).
-            req.fields[NO_REPLAY] = "1"
         conn.send(req.wire())
         if how == "half_close":
             await conn.writer.drain()
@@ -413,7 +407,6 @@ async def chaos(lab: Lab, rng: random.Random, stop_at: float) -> Counter[str]:
     loop = asyncio.get_running_loop()
     done: Counter[str] = Counter()
     gru1 = lab.backends["gru1"]
-    gru1.replay_unless = NO_REPLAY.lower().encode()
     try:
         while loop.time() < stop_at:
             await asyncio.sleep(rng.uniform(0.1, 0.3))
@@ -430,7 +423,6 @@ async def chaos(lab: Lab, rng: random.Random, stop_at: float) -> Counter[str]:
     finally:
         for backend in lab.backends.values():
             backend.replay = ""
-            backend.replay_unless = b""
             backend.fail_next = backend.reset_after_head = 0
     return done
 
@@ -587,9 +579,6 @@ async def test_pipelined_request_behind_a_response_with_trailing_bytes(tmp_path:
 
 
 @aio
-@pytest.mark.xfail(strict=True, reason="general path: a request forwarded after its client connection closed (queued "
-                   "at the hard limit here; in the chaos run: fly-replayed) counts the closed connection on the "
-                   "machine (`_count_connection` after `connection_closed`), and nothing ever uncounts it")
 async def test_request_of_a_reset_client_forwarded_later_leaks_its_connection_count(tmp_path: Path) -> None:
     config = {"app": "web", "http_service": {"internal_port": 8080, "concurrency": {
         "type": "connections", "soft_limit": 1, "hard_limit": 1}}}
