@@ -26,6 +26,7 @@ from netns_lab.supervisor import Spec
 
 DEFAULT_PORT = 8080
 START_TIMEOUT = 20.0
+GONE_AFTER = 0.5  # seconds a starting machine's process must stay unseen before it counts as exited
 
 
 @dataclass(frozen=True)
@@ -170,13 +171,20 @@ class Machines:
         """Wait (bounded) until each machine's namespace has a TCP listener on `port`; the pid's own
         /proc/<pid>/net/tcp6 shows its namespace's sockets, so no process is spawned to look."""
         pending = {m.id for m in machines}
+        missing: dict[str, float] = {}  # machine -> since when its process has not been seen
         deadline = time.monotonic() + START_TIMEOUT
         while pending and time.monotonic() < deadline:
             for mid in list(pending):
                 pid = self.pid(mid)
                 if pid is None:
-                    log = self.lab.logs_dir / f"{mid}.app.log"
-                    raise LabError(f"machine {mid}'s app exited at start (see {log})")
+                    # Not conclusive at once: a pid file being rewritten, or /proc/<pid>/environ read while the
+                    # app's shell execs the app, reads as no process for a moment.
+                    since = missing.setdefault(mid, time.monotonic())
+                    if time.monotonic() - since > GONE_AFTER:
+                        log = self.lab.logs_dir / f"{mid}.app.log"
+                        raise LabError(f"machine {mid}'s app exited at start (see {log})")
+                    continue
+                missing.pop(mid, None)
                 if services.listens(pid, port):
                     pending.discard(mid)
             time.sleep(0.05)

@@ -137,7 +137,9 @@ class Supervisor:
                 return
         svc.started_gen = spec.gen
         svc.stopping_since = None
-        (self.pid_dir / f"{spec.name}.pid").write_text(f"{svc.proc.pid}\n")
+        pid_file = self.pid_dir / f"{spec.name}.pid"
+        pid_file.with_suffix(".tmp").write_text(f"{svc.proc.pid}\n")
+        pid_file.with_suffix(".tmp").replace(pid_file)  # readers poll this file: never let them see it empty
         log(f"{spec.name}: started pid {svc.proc.pid}")
         self.dirty = True
 
