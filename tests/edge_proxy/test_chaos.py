@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from edge_proxy.http1.server import Exchange
 from edge_proxy.proxy import EdgeProxy
 from tests.edge_proxy.harness import Lab, aio, blob, edge_lab, request
+from tests.edge_proxy.test_fastpath import count_fast
 from tests.edge_proxy.test_lane import BROWSER, count_lane
 
 SEEDS = (20261126, 7)
@@ -425,19 +425,6 @@ async def chaos(lab: Lab, rng: random.Random, stop_at: float) -> Counter[str]:
             backend.replay = ""
             backend.fail_next = backend.reset_after_head = 0
     return done
-
-
-def count_fast(proxy: EdgeProxy) -> list[bool]:
-    """Record each fast-path decision (True: a Relay; False: the general path) for connections opened later."""
-    taken: list[bool] = []
-    original = proxy.fast
-
-    def fast(ex: Exchange) -> bool:
-        taken.append(original(ex))
-        return taken[-1]
-
-    proxy.fast = fast  # type: ignore[method-assign]
-    return taken
 
 
 async def until(check: Callable[[], bool], timeout: float = 2.0) -> bool:
