@@ -158,10 +158,6 @@ class Flight:
         self.kept = kept
         self.started = started
 
-    @property
-    def app(self) -> AppRoute:
-        return self.route.app
-
     def response(self, data: bytes) -> bool:
         """The upstream's read; False: not a simple complete response, and the exchange is now a Relay's."""
         conn = self.conn
