@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -12,8 +12,15 @@ from catalog.appconfig import AppConfig
 
 HostRole = Literal["worker", "edge", "gateway"]
 MachineState = Literal["created", "started", "stopped", "failed"]
+Desired = Literal["started", "stopped"]
+Health = Literal["", "passing", "critical"]  # "" = no check ran yet, or the app declares none
 HOST_ROLES: tuple[HostRole, ...] = ("worker", "edge", "gateway")
 MACHINE_STATES: tuple[MachineState, ...] = ("created", "started", "stopped", "failed")
+DESIRED_STATES: tuple[Desired, ...] = ("started", "stopped")
+HEALTH_STATES: tuple[Health, ...] = ("", "passing", "critical")
+#: A machine's observed fields: written only by the agent of the host it runs on (`Catalog.observe_machine`),
+#: ordered by `obs_gen` so that a stale report never overwrites a newer one. Every other field is global.
+OBSERVED_FIELDS = ("state", "restarts", "exit_code", "health", "obs_gen")
 Kind = Literal["org", "network", "app", "host", "machine", "peer"]
 KINDS: tuple[Kind, ...] = ("org", "network", "app", "host", "machine", "peer")
 
@@ -77,6 +84,11 @@ class Machine:
     process_group: str = "app"
     metadata: dict[str, str] = field(default_factory=dict)
     skip_dns: bool = False
+    desired: Desired = "started"  # global: what `scale`/`machines start|stop` asked for
+    restarts: int = 0  # observed: restarts by the host agent's restart policy
+    exit_code: int | None = None  # observed: the last exit (negative: killed by that signal)
+    health: Health = ""  # observed: the app's checks as the host agent ran them
+    obs_gen: int = 0  # generation of the observed fields; only a higher one replaces them
 
     @property
     def ip(self) -> ipaddress.IPv6Address:
@@ -99,6 +111,14 @@ class Peer:
     @property
     def prefix(self) -> ipaddress.IPv6Network:
         return ipaddress.IPv6Network((self.address, 120), strict=False)
+
+
+def merge_observed(current: Machine, incoming: Machine) -> Machine:
+    """`incoming` with the observed fields of whichever of the two reports is newer (a global write carries
+    the observed fields its writer last saw; they must not roll back a newer report of the host's agent)."""
+    if current.obs_gen <= incoming.obs_gen:
+        return incoming
+    return replace(incoming, **{name: getattr(current, name) for name in OBSERVED_FIELDS})
 
 
 Record = Org | Network | App | Host | Machine | Peer

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -22,10 +23,14 @@ from typing import Any, TypeVar
 from catalog import addressing, appconfig
 from catalog.errors import CatalogError, Conflict, InvalidWrite, NotFound
 from catalog.models import (
+    DESIRED_STATES,
+    HEALTH_STATES,
     HOST_ROLES,
     MACHINE_STATES,
+    OBSERVED_FIELDS,
     App,
     Change,
+    Desired,
     Host,
     HostRole,
     Machine,
@@ -180,7 +185,7 @@ class Catalog:
         self.db.execute("COMMIT")
 
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def _write(self, owner: str | None = None) -> Iterator[_Tx]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield _Tx(self.db)
@@ -343,6 +348,7 @@ class Catalog:
         process_group: str = "app",
         metadata: dict[str, str] | None = None,
         skip_dns: bool = False,
+        desired: Desired = "started",
     ) -> Machine:
         machine_id = machine_id or new_machine_id()
         if not MACHINE_ID.match(machine_id):
@@ -360,6 +366,7 @@ class Catalog:
                 id=machine_id, app=app, region=where.region, host=host,
                 address=self._allocate(tx, owner.network, where, f"machine/{machine_id}"),
                 state=state, process_group=process_group, metadata=dict(metadata or {}), skip_dns=skip_dns,
+                desired=desired,
             )
             tx.put(machine)
         return machine
@@ -377,6 +384,36 @@ class Catalog:
         with self._write() as tx:
             machine = tx.need(Machine, "machine", machine_id)
             updated = _replace_machine(machine, state=state)
+            tx.put(updated)
+        return updated
+
+    def set_machine_desired(self, machine_id: str, desired: Desired) -> Machine:
+        """Global: what the machine should be doing; the agent of its host makes it so."""
+        if desired not in DESIRED_STATES:
+            raise InvalidWrite(f"desired state must be one of {', '.join(DESIRED_STATES)}, not {desired!r}")
+        with self._write() as tx:
+            machine = tx.need(Machine, "machine", machine_id)
+            updated = _replace_machine(machine, desired=desired)
+            tx.put(updated)
+        return updated
+
+    def observe_machine(self, machine_id: str, host: str, **observed: Any) -> Machine:
+        """Host-owned: the agent of `host` reports what its machine is doing (`state`, `restarts`, `exit_code`,
+        `health`). Refused for a machine placed on another host. The report gets a new `obs_gen` (above the
+        last one and the current time in µs, so a replica rebuilt from scratch still orders it after)."""
+        unknown = set(observed) - set(OBSERVED_FIELDS[:-1])
+        if unknown:
+            raise InvalidWrite(f"not observed fields of a machine: {', '.join(sorted(unknown))}")
+        if "state" in observed:
+            _check_state(observed["state"])
+        if observed.get("health", "") not in HEALTH_STATES:
+            raise InvalidWrite(f"health must be one of {HEALTH_STATES}, not {observed['health']!r}")
+        with self._write(owner=host) as tx:
+            machine = tx.need(Machine, "machine", machine_id)
+            if machine.host != host:
+                raise Conflict(f"machine {machine_id} runs on {machine.host}, not {host}: only its host reports it")
+            gen = max(machine.obs_gen + 1, time.time_ns() // 1000)
+            updated = _replace_machine(machine, obs_gen=gen, **observed)
             tx.put(updated)
         return updated
 
