@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from catalog import Catalog, CatalogError, default_state_dir
+from catalog import CatalogError
 from sixpn import commands
+from sixpn.context import open_catalog
 from sixpn.registry import Registry
 
 
@@ -19,14 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", type=Path, default=None,
         help="catalog state directory (default: $SIXPN_STATE, else /var/lib/sixpn as root)",
     )
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="the host's config file (default: $SIXPN_CONFIG); names the state directory and the NATS cluster",
+    )
     registry = Registry(parser)
     for module in commands.MODULES:
         module.register(registry)
     return parser
-
-
-def open_catalog(args: argparse.Namespace) -> Catalog:
-    return Catalog(args.state or default_state_dir())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

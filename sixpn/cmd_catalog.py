@@ -8,13 +8,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from catalog import Catalog, ConfigError, default_regions, default_state_dir
+from catalog import Catalog, ConfigError, default_regions
+from sixpn.context import open_catalog
 from sixpn.output import emit
 from sixpn.registry import Registry
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:
-    return Catalog(args.state or default_state_dir())
+    return open_catalog(args)
 
 
 def register(cli: Registry) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import uvloop
 from dnslib import DNSRecord
 
-from catalog import Catalog, default_state_dir
+from catalog import Catalog
 from dns6pn import DnsError, DnsServer, Engine, Forward, ServerConfig, parse_address
 from dns6pn.config import from_toml, override
+from sixpn.context import state_dir
 from sixpn.registry import Registry
 
 ERRORS = (DnsError,)
@@ -58,7 +59,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 def dns_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = _config(args)
-    catalog = Catalog(args.state or default_state_dir())
+    catalog = Catalog(state_dir(args))
     try:
         uvloop.run(_serve(catalog, config))
     finally:
@@ -67,7 +68,7 @@ def dns_serve(args: argparse.Namespace) -> int:
 
 
 def dns_query(args: argparse.Namespace) -> int:
-    with Catalog(args.state or default_state_dir()) as catalog:
+    with Catalog(state_dir(args)) as catalog:
         state = catalog.snapshot()
     source = args.source
     if source in state.machines:

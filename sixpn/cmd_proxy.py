@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from catalog import default_state_dir
 from edge_proxy.config import ConfigError, ProxyConfig, from_doc, load_config
 from edge_proxy.errors import EdgeProxyError
+from sixpn.context import state_dir
 from sixpn.registry import Registry
 
 ERRORS = (EdgeProxyError,)
@@ -75,7 +75,7 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
 def proxy_serve(args: argparse.Namespace) -> int:
     from edge_proxy.service import serve
 
-    return serve(build_config(args), args.state or default_state_dir())
+    return serve(build_config(args), state_dir(args))
 
 
 def proxy_cert(args: argparse.Namespace) -> None:

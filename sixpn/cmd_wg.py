@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from catalog import Catalog, default_state_dir
+from catalog import Catalog
+from sixpn.context import open_catalog, state_dir
 from sixpn.output import emit
 from sixpn.registry import Registry
 from wgmesh import MeshError
@@ -61,7 +62,7 @@ def register(cli: Registry) -> None:
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:
-    return Catalog(args.state or default_state_dir())
+    return open_catalog(args)
 
 
 def mesh_agent(args: argparse.Namespace) -> None:
@@ -70,7 +71,7 @@ def mesh_agent(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s " + args.host + ": %(message)s")
     run_agent(AgentConfig(
-        state_dir=args.state or default_state_dir(), host=args.host, ifname=args.interface,
+        state_dir=state_dir(args), host=args.host, ifname=args.interface,
         key_file=args.key_file, listen_port=args.listen_port, resync=args.resync, wg_log=args.wg_log,
         userspace=args.userspace,
     ))
