@@ -1,7 +1,7 @@
 """A host's config file: who the host is and how it reaches the replicated catalog.
 
 One TOML file per host (`/etc/sixpn/host.toml` on a real fleet; `RUN/hosts/<name>/host.toml` in the lab),
-written by `sixpn host init`, read by every sixpn command on that host (`--config FILE` or `$SIXPN_CONFIG`):
+written by `sixpn host init`, read by every sixpn command on that host (`sixpn --host-config FILE` or `$SIXPN_CONFIG`):
 
     [host]
     name = "worker-gru"

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="catalog state directory (default: $SIXPN_STATE, else /var/lib/sixpn as root)",
     )
     parser.add_argument(
-        "--config", type=Path, default=None,
+        "--host-config", dest="host_config", type=Path, default=None,
         help="the host's config file (default: $SIXPN_CONFIG); names the state directory and the NATS cluster",
     )
     registry = Registry(parser)

@@ -1,4 +1,4 @@
-"""What every command opens: the host's config (`--config` / `$SIXPN_CONFIG`) and the catalog it names.
+"""What every command opens: the host's config (`--host-config` / `$SIXPN_CONFIG`) and the catalog it names.
 
 With a host config, the state directory is the config's and a replicated catalog writes through NATS;
 without one, `--state` / `$SIXPN_STATE` names an embedded catalog, as on a single host."""
@@ -13,7 +13,7 @@ from catalog.fleetconfig import HostConfig, config_from_env, load_host_config
 
 
 def host_config(args: argparse.Namespace) -> HostConfig | None:
-    path = getattr(args, "config", None)
+    path = getattr(args, "host_config", None)
     if path is not None:
         return load_host_config(path)
     return config_from_env()
