@@ -13,7 +13,8 @@ Machines and laptops get no user at all: a connection without credentials is ref
 
 Passwords are random (`mint_password`), written only to 0600 credentials files (`catalog.fleetconfig`); the
 server config holds their bcrypt hashes (`$2a$`, made with the system's libcrypt), except the route password,
-which a server must present to its peers and therefore holds in clear (the server config is written 0600).
+which a server must present to its peers (to the routes it is given and to those it learns by gossip) and
+therefore holds in clear (the server config is written 0600).
 
 The operator keeps the list of users and hashes in an *authorization table* (`users.toml`, see
 `parse_users`/`render_users`), from which every server's config is rendered.
@@ -345,8 +346,20 @@ def render_server_conf(cluster: Cluster, me: str, store_dir: Path | str, users: 
         f"  listen: {_q(server.cluster_listen)}",
     ]
     if route_hash:
-        lines += ["  authorization {", f"    user: {_q(ROUTE_USER)}", f"    password: {_q(route_hash)}", "  }"]
-    others = [s.route_url(route_password if route_hash else None) for s in cluster.servers if s.name != me]
+        # In clear, not the hash: a server dials the routes it learns by gossip (implicit routes) with these
+        # credentials, so it must hold the password itself. It is checked against the users table's hash here.
+        assert route_password is not None
+        if not bcrypt_check(route_password, route_hash):
+            raise ConfigError("the route credentials do not match the users table's route user")
+        lines += ["  authorization {", f"    user: {_q(ROUTE_USER)}", f"    password: {_q(route_password)}", "  }"]
+    # Each pair of servers has one dialer: a server dials the servers listed before it. When both sides of a
+    # pair dial at once across a long RTT, each may drop a different one of the two connections as the
+    # duplicate, and they churn for seconds (seen at 175 ms: the first JetStream leader came after 10 s
+    # instead of 1). The dialer keeps retrying, so a restarted server of either side is reconnected. The
+    # list includes the server itself (nats-server skips a route to itself), because JetStream refuses to
+    # start a cluster member without a configured route.
+    index = cluster.servers.index(server)
+    others = [s.route_url(route_password if route_hash else None) for s in cluster.servers[:index + 1]]
     lines += [f"  routes: {_list(others)}", "}", "authorization {", "  users: ["]
     for name in sorted(users):
         user = users[name]

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from catalog import Catalog, CatalogError, default_regions
+from catalog.fleetconfig import load_host_config
+from netns_lab import fleet, services, system, topology
 from netns_lab import plan as planmod
-from netns_lab import services, system, topology
 from netns_lab.delaycore import DelayConfig
 from netns_lab.errors import LabError, LabStateError
 from netns_lab.plan import Plan
@@ -38,6 +39,15 @@ ETC_NETNS = Path("/etc/netns")
 WG_SOCKETS = Path("/var/run/wireguard")
 DEFAULT_ID = "sx"
 READY_TIMEOUT = 15.0
+CLUSTER_TIMEOUT = 20.0
+#: The lab's catalog until the replicated one is the default: `embedded` (one SQLite shared by every host
+#: namespace, no NATS) or `replicated` (a replica per host over the lab's NATS cluster).
+DEFAULT_CATALOG = "embedded"
+CATALOG_ENV = "SIXPN_LAB_CATALOG"
+
+
+def default_catalog_mode() -> str:
+    return os.environ.get(CATALOG_ENV) or DEFAULT_CATALOG
 REQUIRED_TOOLS = ("ip",)
 
 
@@ -79,6 +89,8 @@ class Lab:
         except (OSError, ValueError):
             raise LabStateError(f"lab {self.lab_id} is not up (no {self.run_dir / 'lab.json'})") from None
         self.topology_text = str(doc["topology"])
+        self.catalog_mode = str(doc.get("catalog", "embedded"))
+        self.has_cluster = bool(doc.get("cluster", False))
         self.topology = topology.loads(self.topology_text)
         self.plan: Plan = planmod.make_plan(self.lab_id, self.topology)
         self.regions = default_regions()
@@ -87,36 +99,65 @@ class Lab:
     # -- paths and handles ---------------------------------------------------------------------
 
     @property
+    def replicated(self) -> bool:
+        return self.catalog_mode == "replicated"
+
+    @property
     def state_dir(self) -> Path:
-        return self.run_dir / "state"
+        """The operator's catalog directory: the lab's shared embedded catalog, or the operator's own replica."""
+        return fleet.operator_dir(self.run_dir) / "state" if self.replicated else self.run_dir / "state"
+
+    @property
+    def operator_config(self) -> Path:
+        """The operator's seat (`sixpn lab env` exports it as SIXPN_CONFIG)."""
+        return fleet.operator_config_path(self.run_dir)
+
+    def host_config(self, node_name: str) -> Path:
+        return fleet.host_config_path(self.run_dir, self.plan.node(node_name).name)
 
     @property
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"
 
     def catalog(self) -> Catalog:
+        """The catalog as the operator's CLI opens it: writes through NATS with the replicated catalog."""
+        if self.replicated:
+            from catalog.replicated import ReplicatedCatalog
+
+            return ReplicatedCatalog(load_host_config(self.operator_config))
         return Catalog(self.state_dir)
+
+    def env(self) -> dict[str, str]:
+        """What the operator's CLI needs to use this lab (`sixpn lab env`)."""
+        env = {"SIXPN_CONFIG": str(self.operator_config), "SIXPN_LAB": self.lab_id}
+        if not self.replicated:
+            env["SIXPN_STATE"] = str(self.state_dir)
+        return env
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     @classmethod
     def up(cls, topo: topology.Topology | str | Path | None = None, lab_id: str | None = None,
-           host_services: bool = True, wait_ready: bool = False, owner_pid: int | None = None) -> Lab:
+           host_services: bool = True, wait_ready: bool = False, owner_pid: int | None = None,
+           catalog: str | None = None, cluster: bool | None = None) -> Lab:
         """Build a lab (cleaning any earlier one with this id first). `topo`: a Topology, a TOML file path,
         or None for the default three-region topology. Returns once the delay line runs and every service
         is spawned; with `wait_ready`, also waits (bounded, see `wait_ready`) until the services serve.
         `owner_pid`: the process the lab belongs to (a test session); `down_orphans` removes the lab once
-        that process is gone."""
+        that process is gone. `catalog`: "replicated" or "embedded" (default `$SIXPN_LAB_CATALOG`, else
+        DEFAULT_CATALOG); `cluster`: run the NATS cluster (always with a replicated catalog; with an embedded
+        one only when asked). With a cluster, `up` also waits for its JetStream leader and creates the stream."""
         check_environment()
         lab_id = planmod.check_lab_id(lab_id or default_lab_id())
+        mode = catalog or default_catalog_mode()
+        with_cluster = mode == "replicated" or bool(cluster)
         text = _topology_text(topo)
         probe = services.probe_groups() if host_services else None
         cls.down(lab_id)
         run_dir = run_dir_of(lab_id)
         try:
-            _build(lab_id, text, run_dir, owner_pid)
+            _build(lab_id, text, run_dir, owner_pid, mode, with_cluster)
             lab = cls(lab_id)
-            lab._register()
             groups, error = services.groups_found(probe) if probe else (set(), "")
             (run_dir / "groups.json").write_text(json.dumps(sorted(groups)))
             if error:
@@ -158,9 +199,10 @@ class Lab:
                 cat.create_org(org)
 
     def _start_services(self, groups: set[str]) -> None:
-        specs = [services.delayline_spec(self.plan, self.run_dir), *services.host_specs(self.plan, self.run_dir,
-                                                                                       groups)]
-        for spec in specs:
+        """The delay line first; then, with a cluster, each region's NATS server, the door and the replicators;
+        the stream is created and the hosts and orgs registered; then the hosts' services (which find their
+        host's row at once instead of crashing until it comes)."""
+        for spec in [services.delayline_spec(self.plan, self.run_dir)]:
             services.write_spec(self.run_dir, spec)
         env = {**os.environ, system.MARKER_ENV: self.lab_id}
         with open(self.logs_dir / "supervisor.log", "ab") as out:
@@ -168,8 +210,20 @@ class Lab:
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
         (self.run_dir / "supervisor.pid").write_text(f"{proc.pid}\n")
-        pids = self.run_dir / "pids"
         _wait("the delay line", lambda: (self.run_dir / "delayline.ready").exists(), READY_TIMEOUT, self.run_dir)
+        if self.has_cluster:
+            # Only now: a route dialed before the delay line carries packets is lost and retried a second later,
+            # which delays the cluster's first leader.
+            self._spawn(services.cluster_specs(self.plan, self.run_dir,
+                                               self.replicated and "catalog.replicate" in groups))
+            fleet.init_stream(self.run_dir, CLUSTER_TIMEOUT)
+        self._register()
+        self._spawn(services.host_specs(self.plan, self.run_dir, groups))
+
+    def _spawn(self, specs: list[Spec]) -> None:
+        for spec in specs:
+            services.write_spec(self.run_dir, spec)
+        pids = self.run_dir / "pids"
         _wait("the services to start", lambda: all((pids / f"{s.name}.pid").exists() for s in specs),
               READY_TIMEOUT, self.run_dir)
 
@@ -219,12 +273,38 @@ class Lab:
         tmp.write_text(json.dumps(sorted(names)))
         tmp.replace(self.run_dir / name)
 
-    def cut(self, node_name: str) -> None:
-        """Take a node off the backbone (its veth on the bridge goes down); anycast moves away from a cut edge."""
-        self._set_cut(node_name, True)
+    def cut_regions(self) -> frozenset[str]:
+        return self._read_set("cut_regions.json")
 
-    def heal(self, node_name: str) -> None:
-        self._set_cut(node_name, False)
+    def cut(self, name: str) -> None:
+        """Take a node off the backbone (its veth on the bridge goes down; a NATS server on it goes with it),
+        or, given a region's code, cut the whole region off every other region and off the operator (see
+        `plan.region_cut_lines`); anycast moves away from what is cut."""
+        if self._is_region(name):
+            self._set_region_cut(name, True)
+        else:
+            self._set_cut(name, True)
+
+    def heal(self, name: str) -> None:
+        if self._is_region(name):
+            self._set_region_cut(name, False)
+        else:
+            self._set_cut(name, False)
+
+    def _is_region(self, name: str) -> bool:
+        return any(r.code == name for r in self.plan.regions)
+
+    def _set_region_cut(self, code: str, cut: bool) -> None:
+        regions = set(self.cut_regions())
+        (regions.add if cut else regions.discard)(code)
+        self._write_set("cut_regions.json", regions)
+        # Idempotent: whatever rules are there go first (a failed earlier cut may have left some).
+        system.run_batches([Batch(planmod.region_cut_lines(self.plan, code, False, family), self.plan.bb_ns,
+                                  f"-{family}") for family in (4, 6)], force=True)
+        if cut:
+            system.run_batches([Batch(planmod.region_cut_lines(self.plan, code, True, family), self.plan.bb_ns,
+                                      f"-{family}") for family in (4, 6)])
+        self.apply_anycast()
 
     def _set_cut(self, node_name: str, cut: bool) -> None:
         node = self.plan.node(node_name)
@@ -239,12 +319,14 @@ class Lab:
         self.apply_anycast()
 
     def anycast_choice(self) -> dict[str, str | None]:
-        choice = planmod.anycast_choice(self.plan, self.regions, self.cut_set() | self.withdrawn_set())
+        choice = planmod.anycast_choice(self.plan, self.regions, self.cut_set() | self.withdrawn_set(),
+                                        self.cut_regions())
         return {region: (edge.name if edge else None) for region, edge in choice.items()}
 
     def apply_anycast(self) -> None:
         """Point every region's anycast route at its nearest edge that is neither cut nor withdrawn."""
-        choice = planmod.anycast_choice(self.plan, self.regions, self.cut_set() | self.withdrawn_set())
+        choice = planmod.anycast_choice(self.plan, self.regions, self.cut_set() | self.withdrawn_set(),
+                                        self.cut_regions())
         # The delay line first (it must know where a packet will go before the kernel sends it there).
         _write_delay_config(self.plan, self.run_dir, choice)
         pid = system.read_pid(self.run_dir / "delayline.ready")
@@ -336,16 +418,23 @@ class Lab:
         for path in (self.run_dir / "stopped").glob("*.*.json"):  # host services stopped with `lab stop`
             svc.setdefault(path.name.removesuffix(".json"), {"running": False, "stopped": True})
         cuts = self.cut_set()
+        cut_regions = self.cut_regions()
         withdrawn = self.withdrawn_set()
+        stream_seq, stream_error = fleet.stream_seq(self.run_dir) if self.has_cluster else (None, "")
         nodes = []
         for node in self.plan.nodes:
-            nodes.append({
+            row: dict[str, Any] = {
                 "name": node.name, "role": node.role, "region": node.region, "netns": node.ns,
                 "underlay4": str(node.v4), "underlay6": str(node.v6), "cut": node.name in cuts,
-                "anycast_withdrawn": node.name in withdrawn,
+                "region_cut": node.region in cut_regions, "anycast_withdrawn": node.name in withdrawn,
                 "wg_interface": self.plan.wg_ifname(node) if node.is_host else None,
                 "services": {k.split(".", 1)[1]: v for k, v in svc.items() if k.startswith(node.name + ".")},
-            })
+            }
+            if node.is_host and self.replicated:
+                seq = fleet.replica_seq(fleet.host_dir(self.run_dir, node.name) / "state")
+                row["replica_seq"] = seq
+                row["lag"] = None if seq is None or stream_seq is None else max(stream_seq - seq, 0)
+            nodes.append(row)
         machines = []
         try:
             with self.catalog() as cat:
@@ -359,6 +448,10 @@ class Lab:
             pass
         return {
             "lab": self.lab_id, "run_dir": str(self.run_dir), "state_dir": str(self.state_dir),
+            "catalog": self.catalog_mode, "operator_config": str(self.operator_config),
+            "nats": {"servers": [n.name for n in planmod.nats_hosts(self.plan)] if self.has_cluster else [],
+                     "stream_seq": stream_seq, "error": stream_error},
+            "cut_regions": sorted(cut_regions),
             "supervisor_pid": self.supervisor_pid(), "scale": self.topology.scale, "service_groups": self.groups(),
             "anycast": {"ipv4": str(planmod.ANYCAST4), "ipv6": str(planmod.ANYCAST6),
                         "edge_for": self.anycast_choice()},
@@ -399,12 +492,15 @@ def topology_to_toml(topo: topology.Topology) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None) -> None:
+def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None, catalog_mode: str = "embedded",
+           cluster: bool = False) -> None:
     plan = planmod.make_plan(lab_id, topology.loads(text))
     for sub in ("state", "logs", "services", "pids", "stopped"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     (run_dir / "keys").mkdir(mode=0o700, exist_ok=True)
-    (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text, "owner_pid": owner_pid}))
+    fleet.write_fleet(plan, run_dir, catalog_mode, cluster)
+    (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text, "owner_pid": owner_pid,
+                                                  "catalog": catalog_mode, "cluster": cluster}))
     system.run_batch(planmod.netns_lines(plan))
     _laptop_resolv_views(plan)
     system.write_sysctls(plan.bb_ns, planmod.BACKBONE_SYSCTLS)

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from catalog import natsconf
 from catalog.regions import RegionTable
 from netns_lab.errors import LabError
 from netns_lab.topology import Topology
@@ -31,6 +32,7 @@ TO_DELAY_TABLE = 100
 ANYCAST_TABLE = 200
 RULE_PREF_TO_DELAY = 1000
 RULE_PREF_ANYCAST = 1100
+RULE_PREF_REGION_CUT = 900
 
 
 def check_lab_id(lab_id: str) -> str:
@@ -162,15 +164,60 @@ def make_plan(lab_id: str, topology: Topology) -> Plan:
 # -- anycast ---------------------------------------------------------------------------------------
 
 
-def anycast_choice(plan: Plan, table: RegionTable, cut: frozenset[str]) -> dict[str, Node | None]:
+def anycast_choice(plan: Plan, table: RegionTable, cut: frozenset[str],
+                   cut_regions: frozenset[str] = frozenset()) -> dict[str, Node | None]:
     """For each region, the edge its clients reach: the nearest live edge by RTT (ties by name),
-    the way BGP's shortest path would pick it; None when every edge is cut."""
+    the way BGP's shortest path would pick it; None when every edge is cut. A region cut off the backbone
+    (`cut_regions`) keeps its own edges for its own clients, and is out of reach of every other region."""
     live = [n for n in plan.with_role("edge") if n.name not in cut]
     choice: dict[str, Node | None] = {}
     for region in plan.regions:
-        ranked = sorted(live, key=lambda e, r=region.code: (table.rtt(r, e.region), e.name))  # type: ignore[misc]
+        if region.code in cut_regions:
+            reachable = [e for e in live if e.region == region.code]
+        else:
+            reachable = [e for e in live if e.region not in cut_regions]
+        ranked = sorted(reachable, key=lambda e, r=region.code: (table.rtt(r, e.region), e.name))  # type: ignore[misc]
         choice[region.code] = ranked[0] if ranked else None
     return choice
+
+
+def region_cut_lines(plan: Plan, code: str, cut: bool, family: int) -> list[str]:
+    """Backbone policy rules (for `ip -4` or `ip -6`) that cut region `code` off every other region, and off
+    the backbone's own processes (the operator's door), while traffic inside the region still flows (it is
+    bridged, and its clients still reach its own edges through the anycast route). Prohibited at a higher
+    priority than the delay line's rules, so nothing cut even enters it."""
+    region = plan.region(code)
+
+    def net(r: RegionNet) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return r.net4 if family == 4 else r.net6
+
+    verb = "add" if cut else "del"
+    lines = []
+    for other in (o for o in plan.regions if o.code != code):
+        lines.append(f"rule {verb} pref {RULE_PREF_REGION_CUT} iif {region.bridge} to {net(other)} prohibit")
+        lines.append(f"rule {verb} pref {RULE_PREF_REGION_CUT} iif {other.bridge} to {net(region)} prohibit")
+    lines.append(f"rule {verb} pref {RULE_PREF_REGION_CUT} iif lo to {net(region)} prohibit")
+    return lines
+
+
+# -- the NATS cluster ------------------------------------------------------------------------------
+
+
+def nats_hosts(plan: Plan) -> list[Node]:
+    """The host that runs each region's NATS server: its first worker (else its first host)."""
+    out = []
+    for region in plan.regions:
+        hosts = [n for n in plan.hosts() if n.region == region.code]
+        workers = [n for n in hosts if n.role == "worker"]
+        if workers or hosts:
+            out.append((workers or hosts)[0])
+    return out
+
+
+def nats_cluster(plan: Plan) -> natsconf.Cluster:
+    """One NATS server per region, on its host's underlay address; no monitoring port (nothing reads it)."""
+    return natsconf.Cluster(tuple(natsconf.NatsServer(n.name, n.region, str(n.v4), monitor_port=None)
+                                  for n in nats_hosts(plan)), name=f"sixpn-{plan.lab_id}")
 
 
 def anycast_lines(plan: Plan, choice: dict[str, Node | None]) -> list[str]:
@@ -183,7 +230,10 @@ def anycast_lines(plan: Plan, choice: dict[str, Node | None]) -> list[str]:
             if via is None:
                 lines.append(f"route replace unreachable {addr}/{width} table {region.anycast_table}")
             else:
-                lines.append(f"route replace {addr}/{width} via {via} table {region.anycast_table}")
+                # onlink: the kernel would validate the gateway with a lookup that a region cut's rules prohibit
+                assert edge is not None
+                lines.append(f"route replace {addr}/{width} via {via} dev {edge.net.bridge} onlink "
+                             f"table {region.anycast_table}")
     return lines
 
 

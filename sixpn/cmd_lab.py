@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from netns_lab.errors import LabError
-from netns_lab.lab import Lab, default_lab_id
+from netns_lab.lab import DEFAULT_CATALOG, Lab, default_lab_id
 from netns_lab.machines import Machines
+from netns_lab.plan import Node, nats_hosts
 from sixpn.output import emit
 from sixpn.registry import Registry
 
@@ -29,6 +30,11 @@ def register(cli: Registry) -> None:
     up.add_argument("--no-services", action="store_true", help="do not start the hosts' sixpn services")
     up.add_argument("--wait", action="store_true",
                     help="also wait until the services serve (proxy :80, DNS :53, WireGuard interface)")
+    up.add_argument("--catalog", choices=["embedded", "replicated"], default=None,
+                    help="replicated: a replica per host over a NATS cluster (one server per region); embedded: "
+                         "one shared SQLite catalog (default: $SIXPN_LAB_CATALOG, else "
+                         f"{DEFAULT_CATALOG})")
+    up.add_argument("--nats", action="store_true", help="run the NATS cluster even with the embedded catalog")
     _lab_opt(cli.verb("lab", "down", "remove everything of the lab (idempotent, cleans crashed runs)", lab_down))
     status = _lab_opt(cli.verb("lab", "status", "nodes, services, machines and anycast of the lab", lab_status))
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -39,9 +45,11 @@ def register(cli: Registry) -> None:
     logs.add_argument("node", nargs="?", help="node name or machine id (default: all)")
     logs.add_argument("-n", "--lines", type=int, default=50, help="last N lines of each log (0: all)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended (tail -F)")
-    for verb, what in (("cut", "take a node off the backbone"), ("heal", "put a cut node back on the backbone")):
+    for verb, what in (("cut", "take a node (or a whole region) off the backbone and the NATS cluster"),
+                       ("heal", "put a cut node (or region) back")):
         p = _lab_opt(cli.verb("lab", verb, what, lab_cut if verb == "cut" else lab_heal))
-        p.add_argument("node")
+        p.add_argument("node", help="a node (edge-gru), or a region code (gru): every host of the region")
+        p.add_argument("--region", action="store_true", help="NODE is a region code (the default when it is one)")
     for verb, what in (("stop", "stop a host service (a stopped proxy withdraws its edge from anycast)"),
                        ("start", "start a host service stopped with `lab stop`")):
         p = _lab_opt(cli.verb("lab", verb, what, lab_service))
@@ -64,13 +72,20 @@ def register(cli: Registry) -> None:
 
 def lab_up(args: argparse.Namespace) -> None:
     started = time.monotonic()
-    lab = Lab.up(args.topology, args.lab, host_services=not args.no_services, wait_ready=args.wait)
+    lab = Lab.up(args.topology, args.lab, host_services=not args.no_services, wait_ready=args.wait,
+                 catalog=args.catalog, cluster=args.nats or None)
     nodes = len(lab.plan.nodes)
     print(f"lab {lab.lab_id} up in {time.monotonic() - started:.2f}s: {nodes} nodes, run dir {lab.run_dir}, "
           f"services: {', '.join(lab.groups()) or 'none'}")
-    print(f"catalog: {lab.state_dir}   (eval $(sixpn lab env --lab {lab.lab_id}))")
+    where = (f"a replica per host, NATS on {', '.join(n.name for n in _nats_hosts(lab))}" if lab.replicated
+             else f"embedded, {lab.state_dir}")
+    print(f"catalog: {where}   (eval $(sixpn lab env --lab {lab.lab_id}))")
     if lab.not_ready:
         print(f"warning: not serving yet: {', '.join(lab.not_ready)} (see sixpn lab logs)", file=sys.stderr)
+
+
+def _nats_hosts(lab: Lab) -> list[Node]:
+    return nats_hosts(lab.plan) if lab.has_cluster else []
 
 
 def lab_down(args: argparse.Namespace) -> None:
@@ -86,13 +101,25 @@ def lab_status(args: argparse.Namespace) -> None:
         sys.stdout.write("\n")
         return
     print(f"lab {status['lab']}  run dir {status['run_dir']}  supervisor pid {status['supervisor_pid'] or 'DEAD'}")
+    nats = status["nats"]
+    if nats["servers"]:
+        stream = nats["stream_seq"] if nats["stream_seq"] is not None else f"unreachable ({nats['error']})"
+        print(f"catalog {status['catalog']}; NATS servers on {', '.join(nats['servers'])}; stream at seq {stream}")
     rows = []
     for node in status["nodes"]:
         svc = ",".join(_service_cell(k, v) for k, v in sorted(node["services"].items()))
-        rows.append({**node, "services": svc or "-", "cut": "CUT" if node["cut"] else ""})
-    for row, node in zip(rows, status["nodes"], strict=True):
-        row["cut"] = "CUT" if node["cut"] else ("WITHDRAWN" if node.get("anycast_withdrawn") else "")
-    emit(rows, ["name", "role", "region", "netns", "underlay4", "underlay6", "services", "cut"], False)
+        cut = "CUT" if node["cut"] else ("REGION CUT" if node["region_cut"] else "")
+        rows.append({**node, "services": svc or "-",
+                     "cut": cut or ("WITHDRAWN" if node.get("anycast_withdrawn") else "")})
+    columns = ["name", "role", "region", "netns", "underlay4", "services", "cut"]
+    if status["catalog"] == "replicated":
+        columns[5:5] = ["replica_seq", "lag"]
+        for row in rows:
+            row.setdefault("replica_seq", "")
+            row.setdefault("lag", "")
+            if row["replica_seq"] is None:
+                row["replica_seq"] = "none"
+    emit(rows, columns, False)
     anycast = status["anycast"]
     print(f"\nanycast {anycast['ipv4']} / {anycast['ipv6']}: " +
           ", ".join(f"{r}->{e or 'none'}" for r, e in anycast["edge_for"].items()))
@@ -135,16 +162,27 @@ def lab_logs(args: argparse.Namespace) -> None:
             print(line)
 
 
+def _cut_target(lab: Lab, args: argparse.Namespace) -> str:
+    if args.region:
+        lab.plan.region(args.node)  # an unknown region is an error naming the lab's regions
+        return f"region {args.node}"
+    return f"region {args.node}" if any(r.code == args.node for r in lab.plan.regions) else args.node
+
+
 def lab_cut(args: argparse.Namespace) -> None:
     lab = Lab(args.lab)
+    what = _cut_target(lab, args)
     lab.cut(args.node)
-    print(f"{args.node} cut off the backbone; anycast: {_anycast(lab)}")
+    servers = [n.name for n in _nats_hosts(lab) if args.node in (n.name, n.region)]
+    nats = f"; NATS server on {', '.join(servers)} cut with it" if servers else ""
+    print(f"{what} cut off the backbone{nats}; anycast: {_anycast(lab)}")
 
 
 def lab_heal(args: argparse.Namespace) -> None:
     lab = Lab(args.lab)
+    what = _cut_target(lab, args)
     lab.heal(args.node)
-    print(f"{args.node} back on the backbone; anycast: {_anycast(lab)}")
+    print(f"{what} back on the backbone; anycast: {_anycast(lab)}")
 
 
 def _anycast(lab: Lab) -> str:
@@ -162,7 +200,9 @@ def lab_service(args: argparse.Namespace) -> None:
 
 def lab_env(args: argparse.Namespace) -> None:
     lab = Lab(args.lab)
-    print(f"export SIXPN_STATE={lab.state_dir} SIXPN_LAB={lab.lab_id}")
+    env = lab.env()
+    print("export " + " ".join(f"{k}={v}" for k, v in env.items()) + ("" if "SIXPN_STATE" in env
+                                                                       else "; unset SIXPN_STATE"))
 
 
 def scale_count(args: argparse.Namespace) -> None:

@@ -40,8 +40,11 @@ def test_server_conf_holds_hashes_routes_and_permissions() -> None:
     conf = natsconf.render_server_conf(CLUSTER, "worker-gig", "/var/lib/sixpn/nats", _users(), "r-secret")
     assert 'server_name: "worker-gig"' in conf
     assert 'listen: "198.51.100.35:4222"' in conf
-    assert '"nats-route://route:r-secret@198.51.100.3:6222"' in conf
-    assert "198.51.100.35:6222\"]" not in conf  # no route to itself
+    # It dials the servers before it (and itself, which nats-server skips): one dialer per pair.
+    assert ('routes: ["nats-route://route:r-secret@198.51.100.3:6222", '
+            '"nats-route://route:r-secret@198.51.100.35:6222"]') in conf
+    first = natsconf.render_server_conf(CLUSTER, "worker-gru", "/s", _users(), "r-secret")
+    assert "@198.51.100.3:6222" in first and "@198.51.100.35" not in first and "@198.51.100.67" not in first
     assert "a-secret" not in conf and "h-secret" not in conf  # only bcrypt hashes of user passwords
     assert 'user: "host-edge-gru"' in conf and '"sixpn.cat.host.edge-gru"' in conf
     assert 'store_dir: "/var/lib/sixpn/nats"' in conf
