@@ -36,6 +36,7 @@ from catalog.store import DB_FILE, Catalog
 log = logging.getLogger("sixpn.catalog.replicator")
 
 OUTBOX_INTERVAL = 0.02
+BATCH_HOLD = 0.002
 STALL_CHECK = 1.0  # seconds between checks that the consumer still advances toward the stream's end
 RETRY = 0.5
 
@@ -158,7 +159,9 @@ class Replicator:
         self._pending.append(Message(msg.metadata.sequence.stream, msg.subject, msg.data))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            # A short hold gathers a burst into one transaction: one commit and one wake-up of every follower
+            # on the host instead of one per message, for at most BATCH_HOLD of added latency.
+            asyncio.get_running_loop().call_later(BATCH_HOLD, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
