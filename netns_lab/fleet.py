@@ -18,7 +18,6 @@ state directory is the lab's one shared `RUN/state`, as before the replicated ca
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import sqlite3
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catalog import default_regions, natsconf
+from catalog import CatalogError, default_regions, natsconf
 from catalog.fleetconfig import (
     DEFAULT_STREAM,
     CatalogConfig,
@@ -166,55 +165,23 @@ def _user(creds: Credentials, plan: Plan) -> natsconf.NatsUser:
 # -- talking to the cluster as the operator -------------------------------------------------------------
 
 
-def stream_config(replicas: int = STREAM_REPLICAS) -> Any:
-    """The catalog's stream, as `sixpn catalog init` makes it."""
-    from nats.js import api
-
-    return api.StreamConfig(name=DEFAULT_STREAM, subjects=["sixpn.cat.>"], retention=api.RetentionPolicy.LIMITS,
-                            storage=api.StorageType.FILE, num_replicas=replicas, duplicate_window=120.0,
-                            discard=api.DiscardPolicy.NEW, allow_direct=True)
-
-
-async def _quiet(_exc: Exception) -> None:
-    return None
-
-
-async def _connect(config: HostConfig, timeout: float) -> Any:
-    import nats
-
-    creds = config.catalog.load_credentials()
-    # allow_reconnect: without it nats-py gives up at the first server that fails; with one attempt per
-    # server it tries each once (a cut region's server, then the next).
-    opts: dict[str, Any] = {"servers": list(config.catalog.nats), "connect_timeout": timeout,
-                            "allow_reconnect": True, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.05,
-                            "error_cb": _quiet, "name": "sixpn-lab"}
-    if creds is not None:
-        opts.update(user=creds.user, password=creds.password)
-    return await nats.connect(**opts)
-
-
 async def _init_stream(config: HostConfig, deadline: float) -> None:
+    """`sixpn catalog init --replicas 3`, retried until the cluster has a JetStream meta leader (creating a
+    stream fails until then) and its three servers are known to it (an R3 stream needs three peers)."""
+    from catalog.natslink import AsyncLink
+
     last: Exception | None = None
     while time.monotonic() < deadline:
+        link = AsyncLink(config.catalog, name="sixpn-lab")
         try:
-            nc = await _connect(config, 1.0)
-        except Exception as exc:
+            await link.ensure_stream(STREAM_REPLICAS)
+            return
+        except CatalogError as exc:
             last = exc
             await asyncio.sleep(0.05)
-            continue
-        try:
-            js = nc.jetstream(timeout=2.0)
-            while time.monotonic() < deadline:
-                try:
-                    await js.add_stream(stream_config())
-                    return
-                except Exception as exc:  # no JetStream meta leader yet: "JetStream system temporarily unavailable"
-                    last = exc
-                    await asyncio.sleep(0.05)
         finally:
-            with contextlib.suppress(Exception):
-                await nc.close()
-    raise LabError(f"the lab's NATS cluster has no JetStream leader yet ({last!r})")
+            await link.close()
+    raise LabError(f"the lab's NATS cluster did not take the catalog's stream: {last}")
 
 
 def init_stream(run_dir: Path, timeout: float = 20.0) -> None:
@@ -224,13 +191,13 @@ def init_stream(run_dir: Path, timeout: float = 20.0) -> None:
 
 
 async def _stream_seq(config: HostConfig) -> int:
-    nc = await _connect(config, 1.0)
+    from catalog.natslink import AsyncLink
+
+    link = AsyncLink(config.catalog, name="sixpn-lab-status")
     try:
-        info = await nc.jetstream(timeout=1.5).stream_info(config.catalog.stream)
-        return int(info.state.last_seq)
+        return await link.last_seq()
     finally:
-        with contextlib.suppress(Exception):
-            await nc.close()
+        await link.close()
 
 
 def stream_seq(run_dir: Path) -> tuple[int | None, str]:

@@ -95,6 +95,7 @@ class Lab:
         self.plan: Plan = planmod.make_plan(self.lab_id, self.topology)
         self.regions = default_regions()
         self.not_ready: list[str] = []  # host services that were not serving when `up(wait_ready=True)` returned
+        self.timings: dict[str, float] = {}  # seconds each phase of `up` took (build, delayline, cluster, ...)
 
     # -- paths and handles ---------------------------------------------------------------------
 
@@ -156,8 +157,10 @@ class Lab:
         cls.down(lab_id)
         run_dir = run_dir_of(lab_id)
         try:
+            began = time.monotonic()
             _build(lab_id, text, run_dir, owner_pid, mode, with_cluster)
             lab = cls(lab_id)
+            lab.timings["build"] = time.monotonic() - began
             groups, error = services.groups_found(probe) if probe else (set(), "")
             (run_dir / "groups.json").write_text(json.dumps(sorted(groups)))
             if error:
@@ -210,15 +213,23 @@ class Lab:
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
         (self.run_dir / "supervisor.pid").write_text(f"{proc.pid}\n")
+        began = time.monotonic()
         _wait("the delay line", lambda: (self.run_dir / "delayline.ready").exists(), READY_TIMEOUT, self.run_dir)
+        self.timings["delayline"] = time.monotonic() - began
         if self.has_cluster:
             # Only now: a route dialed before the delay line carries packets is lost and retried a second later,
             # which delays the cluster's first leader.
+            began = time.monotonic()
             self._spawn(services.cluster_specs(self.plan, self.run_dir,
                                                self.replicated and "catalog.replicate" in groups))
             fleet.init_stream(self.run_dir, CLUSTER_TIMEOUT)
+            self.timings["cluster"] = time.monotonic() - began
+        began = time.monotonic()
         self._register()
+        self.timings["register"] = time.monotonic() - began
+        began = time.monotonic()
         self._spawn(services.host_specs(self.plan, self.run_dir, groups))
+        self.timings["services"] = time.monotonic() - began
 
     def _spawn(self, specs: list[Spec]) -> None:
         for spec in specs:

@@ -80,6 +80,7 @@ def lab_up(args: argparse.Namespace) -> None:
     where = (f"a replica per host, NATS on {', '.join(n.name for n in _nats_hosts(lab))}" if lab.replicated
              else f"embedded, {lab.state_dir}")
     print(f"catalog: {where}   (eval $(sixpn lab env --lab {lab.lab_id}))")
+    print("took " + ", ".join(f"{k} {v:.2f}s" for k, v in lab.timings.items()))
     if lab.not_ready:
         print(f"warning: not serving yet: {', '.join(lab.not_ready)} (see sixpn lab logs)", file=sys.stderr)
 
