@@ -344,6 +344,10 @@ def render_server_conf(cluster: Cluster, me: str, store_dir: Path | str, users: 
         "cluster {",
         f"  name: {_q(cluster.name)}",
         f"  listen: {_q(server.cluster_listen)}",
+        # One route per pair of servers (no pool of three, no per-account routes) and no compression
+        # negotiation: fewer connections to race, and none redone after the RTT is measured.
+        "  pool_size: -1",
+        "  compression: off",
     ]
     if route_hash:
         # In clear, not the hash: a server dials the routes it learns by gossip (implicit routes) with these
