@@ -18,6 +18,7 @@ state directory is the lab's one shared `RUN/state`, as before the replicated ca
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import sqlite3
@@ -153,6 +154,34 @@ def write_fleet(plan: Plan, run_dir: Path, catalog_mode: str, cluster: bool) -> 
                               credentials=operator_dir(run_dir) / "admin.creds" if door else None))
     operator_config_path(run_dir).write_text(render_host_config(operator))
     return door
+
+
+def write_host_keys(plan: Plan, keys_dir: Path) -> dict[str, str]:
+    """Each host's WireGuard key (`mesh agent --key-file`), made before the host is registered, so the operator
+    registers the public key with the host (`sixpn host register --public-key`): a host's credentials cannot
+    write global rows, so its mesh agent must find its key already in the catalog. Returns name -> public."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    publics = {}
+    for node in plan.hosts():
+        key = X25519PrivateKey.generate()
+        private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        write_private(keys_dir / f"{node.name}.key", base64.b64encode(private).decode() + "\n")
+        publics[node.name] = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    return publics
+
+
+def host_public_keys(plan: Plan, keys_dir: Path) -> dict[str, str]:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    out = {}
+    for node in plan.hosts():
+        raw = base64.b64decode((keys_dir / f"{node.name}.key").read_text().strip())
+        public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        out[node.name] = base64.b64encode(public).decode()
+    return out
 
 
 def _user(creds: Credentials, plan: Plan) -> natsconf.NatsUser:

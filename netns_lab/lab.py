@@ -195,9 +195,11 @@ class Lab:
         return gone
 
     def _register(self) -> None:
+        keys = fleet.host_public_keys(self.plan, self.run_dir / "keys")
         with self.catalog() as cat:
             for node in self.plan.hosts():
-                cat.register_host(node.name, node.region, node.role, str(node.v4))  # type: ignore[arg-type]
+                cat.register_host(node.name, node.region, node.role, str(node.v4),  # type: ignore[arg-type]
+                                  public_key=keys[node.name])
             for org in self.topology.orgs:
                 cat.create_org(org)
 
@@ -510,6 +512,7 @@ def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None, catalog
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     (run_dir / "keys").mkdir(mode=0o700, exist_ok=True)
     fleet.write_fleet(plan, run_dir, catalog_mode, cluster)
+    fleet.write_host_keys(plan, run_dir / "keys")
     (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text, "owner_pid": owner_pid,
                                                   "catalog": catalog_mode, "cluster": cluster}))
     system.run_batch(planmod.netns_lines(plan))

@@ -51,7 +51,7 @@ class Journey:
 
     def sixpn(self, *argv: str) -> str:
         assert self.lab is not None
-        env = {**os.environ, "SIXPN_STATE": str(self.lab.state_dir), "SIXPN_LAB": self.lab_id}
+        env = {**os.environ, **self.lab.env()}  # the operator's seat: SIXPN_CONFIG (and SIXPN_STATE if embedded)
         done = subprocess.run([sys.executable, "-m", "sixpn.cli", *argv], capture_output=True, text=True,
                               env=env, timeout=120)
         if done.returncode != 0:
