@@ -10,8 +10,11 @@ from pathlib import Path
 
 from catalog import ConfigError, default_regions, natsconf
 from catalog.fleetconfig import CatalogConfig, HostConfig, read_credentials, render_host_config, write_private
+from sixpn.context import open_catalog
 from sixpn.hostsetup import host_services, render_unit
+from sixpn.output import emit
 from sixpn.registry import Registry
+from wgmesh import keys
 
 DEFAULT_CONFIG_DIR = Path("/etc/sixpn")
 DEFAULT_STATE_DIR = Path("/var/lib/sixpn")
@@ -41,6 +44,16 @@ def register(cli: Registry) -> None:
     init.add_argument("--embedded", action="store_true", help="a single host: an embedded catalog, no NATS")
     init.add_argument("--write-units", type=Path, metavar="DIR",
                       help="also write the units there (e.g. /etc/systemd/system)")
+
+    reg = cli.verb("host", "register", "register a host in the catalog (operator): its role, region, underlay address "
+                                       "and WireGuard public key (printed by `sixpn host init`)", host_register)
+    reg.add_argument("name")
+    reg.add_argument("--role", required=True, choices=["worker", "edge", "gateway"])
+    reg.add_argument("--region", required=True)
+    reg.add_argument("--underlay", required=True)
+    reg.add_argument("--public-key", default="", help="the host's WireGuard public key (base64)")
+    listed = cli.verb("host", "list", "list the catalog's hosts", host_list)
+    listed.add_argument("--json", action="store_true", help="print JSON")
 
     creds = cli.verb("host", "credentials", "mint NATS credentials (operator): a 0600 creds file for the holder, "
                                             "the bcrypt hash into the cluster's users table", host_credentials)
@@ -86,7 +99,7 @@ def host_init(args: argparse.Namespace) -> None:
     runs_nats = not args.embedded and any(s.name == name for s in servers)
     if runs_nats:
         write_nats_conf(cluster, name, config, args.users, args.route_credentials, config_dir)
-    config_dir.mkdir(parents=True, exist_ok=True)
+    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     assert config.path is not None
     config.path.write_text(render_host_config(config))
     print(f"# wrote {config.path}" + (f" and {config_dir / 'nats-server.conf'} (0600)" if runs_nats else ""))
@@ -94,6 +107,10 @@ def host_init(args: argparse.Namespace) -> None:
         print(f"# missing {creds_path}: on the operator's machine run "
               f"`sixpn host credentials {name if args.role != 'operator' else '--role admin'} --users users.toml "
               f"--out {creds_path.name}` and copy it here (mode 0600)", file=sys.stderr)
+    if args.role != "operator":
+        public = keys.load_or_create(config_dir / "wg.key").public  # made once, 0600; kept on a re-run
+        print(f"# on the operator's seat: sixpn host register {name} --role {args.role} --region {args.region} "
+              f"--underlay {args.underlay} --public-key {public}")
     sixpn = shutil.which("sixpn") or str(Path(sys.executable).parent / "sixpn")
     nats_server = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
     units = host_services(config, config_dir, sixpn, nats_server, runs_nats)
@@ -106,6 +123,23 @@ def host_init(args: argparse.Namespace) -> None:
     if units:
         names = " ".join(f"{u.name}.service" for u in units)
         print(f"\n# then: systemctl daemon-reload && systemctl enable --now {names}")
+
+
+def host_register(args: argparse.Namespace) -> None:
+    with open_catalog(args) as cat:
+        host = cat.register_host(natsconf.check_name(args.name), args.region, args.role, args.underlay,
+                                 public_key=keys.check_public_key(args.public_key) if args.public_key else "")
+    print(f"registered host {host.name} ({host.role}, {host.region}, {host.underlay}), mesh address "
+          f"{host.mesh_address}")
+
+
+def host_list(args: argparse.Namespace) -> None:
+    with open_catalog(args) as cat:
+        state = cat.snapshot()
+    rows = [{"name": h.name, "role": h.role, "region": h.region, "underlay": h.underlay,
+             "mesh_address": str(h.mesh_address), "public_key": h.public_key or "-"}
+            for h in sorted(state.hosts.values(), key=lambda h: h.host_id)]
+    emit(rows, ["name", "role", "region", "underlay", "mesh_address", "public_key"], args.json)
 
 
 def write_nats_conf(cluster: natsconf.Cluster, name: str, config: HostConfig, users_path: Path | None,

@@ -113,3 +113,20 @@ def test_init_refuses_what_cannot_work(operator: Path, capsys: pytest.CaptureFix
     assert main([*base, "--embedded"]) == 0
     assert load_host_config(operator / "x" / "host.toml").catalog.mode == "embedded"
     assert "catalog replicate" not in capsys.readouterr().out
+
+
+def test_init_makes_the_mesh_key_and_the_operator_registers_it(operator: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    etc = _init(operator, "edge-gig", "edge", "gig", "10.0.2.3")
+    out = capsys.readouterr().out
+    assert _mode(etc / "wg.key") == 0o600
+    line = next(x for x in out.splitlines() if "sixpn host register" in x)
+    register = line.split("sixpn ", 1)[1].split()
+    state = ["--state", str(operator / "catalog")]
+    assert main([*state, *register]) == 0
+    assert main([*state, "host", "list", "--json"]) == 0
+    listed = capsys.readouterr().out
+    key = register[register.index("--public-key") + 1]
+    assert '"name": "edge-gig"' in listed and key in listed
+    _init(operator, "edge-gig", "edge", "gig", "10.0.2.3")  # a second init keeps the key
+    assert key in capsys.readouterr().out
