@@ -128,6 +128,25 @@ class Lab:
             return ReplicatedCatalog(load_host_config(self.operator_config))
         return Catalog(self.state_dir)
 
+    def wait_replicas(self, timeout: float = 10.0) -> list[str]:
+        """With the replicated catalog: wait until every host's replica has applied the stream up to its last
+        sequence now (hosts cut off, alone or with their region, are not waited for); returns the hosts still
+        behind at the timeout. With the embedded catalog every host reads the one catalog: nothing to wait for."""
+        if not self.replicated:
+            return []
+        target, _ = fleet.stream_seq(self.run_dir)
+        if target is None:
+            return [n.name for n in self.plan.hosts()]
+        cut, cut_regions = self.cut_set(), self.cut_regions()
+        hosts = [n for n in self.plan.hosts() if n.name not in cut and n.region not in cut_regions]
+        deadline = time.monotonic() + timeout
+        while True:
+            behind = [n.name for n in hosts
+                      if (fleet.replica_seq(fleet.host_dir(self.run_dir, n.name) / "state") or 0) < target]
+            if not behind or time.monotonic() > deadline:
+                return behind
+            time.sleep(0.01)
+
     def env(self) -> dict[str, str]:
         """What the operator's CLI needs to use this lab (`sixpn lab env`)."""
         env = {"SIXPN_CONFIG": str(self.operator_config), "SIXPN_LAB": self.lab_id}
@@ -168,6 +187,7 @@ class Lab:
             lab._start_services(groups)
             if wait_ready:
                 lab.not_ready = lab.wait_ready()
+            (run_dir / "starting.pid").unlink(missing_ok=True)
         except BaseException:
             if probe and probe.poll() is None:
                 probe.kill()
@@ -189,6 +209,9 @@ class Lab:
                 owner = json.loads(lab_json.read_text()).get("owner_pid")
             except (OSError, ValueError):
                 continue
+            starting = system.read_pid(lab_json.parent / "starting.pid")
+            if starting is not None and system.alive(starting):
+                continue  # its `up` is still running (for another owner: a test that plays a dead session)
             if isinstance(owner, int) and not system.alive(owner):
                 Lab.down(lab_json.parent.name)
                 gone.append(lab_json.parent.name)
@@ -511,6 +534,7 @@ def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None, catalog
     for sub in ("state", "logs", "services", "pids", "stopped"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     (run_dir / "keys").mkdir(mode=0o700, exist_ok=True)
+    (run_dir / "starting.pid").write_text(f"{os.getpid()}\n")  # `down_orphans` leaves a lab being built alone
     fleet.write_fleet(plan, run_dir, catalog_mode, cluster)
     fleet.write_host_keys(plan, run_dir / "keys")
     (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text, "owner_pid": owner_pid,

@@ -102,6 +102,7 @@ class Machines:
                 to_add.append(host)
         removed = self.remove(to_remove)
         added, slow = self.add(app, to_add, group)
+        self.lab.wait_replicas()  # replicated catalog: returns once every host's replica has the machines
         return ScaleResult(tuple(added), tuple(removed), tuple(slow))
 
     # -- creating -------------------------------------------------------------------------------

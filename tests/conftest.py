@@ -98,7 +98,9 @@ def app_maker(lab: Lab) -> Iterator[MakeApp]:
         with lab.catalog() as cat:
             cat.create_app(name, org, config=DEFAULT_APP_CONFIG if config is None else config)
         created.append(name)
-        return list(Machines(lab).scale(name, count, regions).added)
+        added = list(Machines(lab).scale(name, count, regions).added)
+        lab.wait_replicas()  # with the replicated catalog: every host has the machines before the test goes on
+        return added
 
     try:
         yield make

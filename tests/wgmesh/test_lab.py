@@ -29,7 +29,7 @@ MakeApp = Callable[..., list[Machine]]
 
 
 def sixpn(lab: Lab, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sixpn.cli", "--state", str(lab.state_dir), *argv],
+    return subprocess.run([sys.executable, "-m", "sixpn.cli", "--host-config", str(lab.operator_config), *argv],
                           capture_output=True, text=True, check=check, timeout=60)
 
 
