@@ -256,7 +256,7 @@ class Lab:
                     pid = system.read_pid(self.run_dir / "pids" / f"{spec.name}.pid")
                     _wait(f"{spec.name} to listen", lambda pid=pid: pid is not None and services.listens(
                         pid, natsconf.CLUSTER_PORT), READY_TIMEOUT, self.run_dir)
-            fleet.init_stream(self.run_dir, CLUSTER_TIMEOUT)
+            fleet.init_stream(self.run_dir, CLUSTER_TIMEOUT, planmod.nats_hosts(self.plan)[0].name)
             self.timings["cluster"] = time.monotonic() - began
         began = time.monotonic()
         self._register()

@@ -255,7 +255,7 @@ def test_a_failed_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip(reason)
     lid = lab_id("f")
 
-    def no_stream(run_dir: Path, timeout: float = 0) -> None:
+    def no_stream(run_dir: Path, timeout: float = 0, prefer_leader: str | None = None) -> None:
         raise LabError("the cluster never came (injected)")
 
     monkeypatch.setattr(fleet, "init_stream", no_stream)  # fails once the servers and the door run
