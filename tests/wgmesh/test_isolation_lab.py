@@ -275,3 +275,14 @@ def test_machine_cannot_spoof_a_non_6pn_source(world: World) -> None:
     # Its own address still works (over the mesh).
     assert lab.exec(a.id, ["curl", "-sS", "-o", "/dev/null", "-m", "2", f"http://[{world.b.address}]:8080/"]
                     ).returncode == 0
+
+
+def test_path_mtu_discovery_on_the_mesh_still_works(world: World) -> None:
+    """The WireGuard interfaces' MTU (1420) is below the veths' (1500): a full-size packet from a machine
+    gets a Packet Too Big from its worker, and the next one fits (the errors that must still pass)."""
+    lab, a, b = world.lab, world.a, world.b
+    big = ["ping", "-n", "-q", "-c", "1", "-W", "3", "-M", "do", "-s", "1452", a.address]
+    lab.exec(b.id, big)  # too big: answered by the worker's Packet Too Big
+    assert route_mtu(world, b, a.address) == "1420"
+    fits = ["ping", "-n", "-q", "-c", "1", "-W", "3", "-M", "do", "-s", "1300", a.address]
+    assert lab.exec(b.id, fits).returncode == 0
