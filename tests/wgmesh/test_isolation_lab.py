@@ -220,7 +220,8 @@ def route_mtu(world: World, machine: Machine, dst: str) -> str:
 
 def test_forged_packet_too_big_from_another_network_is_dropped(world: World) -> None:
     """A UDP flow acme(gru) -> acme(sjc) is in the gru worker's conntrack; a globex machine on the same
-    worker sends Packet Too Big quoting it. Then, as a control, acme's own peer sends the same."""
+    worker sends Packet Too Big quoting it; the acme machine sends one to globex quoting it. Then, as a
+    control, acme's own peer sends the first one again."""
     a, b, g = world.a, world.b, world.g
     flow = subprocess.Popen(world.lab.exec_argv(a.id, [sys.executable, "-c", _UDP_FLOW, b.address]),
                             stdout=subprocess.PIPE, text=True)
@@ -237,6 +238,15 @@ def test_forged_packet_too_big_from_another_network_is_dropped(world: World) -> 
             assert time.monotonic() < deadline, "the forged Packet Too Big neither dropped nor delivered"
         assert route_mtu(world, a, b.address) == "-", "a globex machine set acme's path MTU"
         assert world.counter(a.host, "related from another network") == before + 1  # dropped at the worker
+        # The other way round: an acme machine cannot reach globex with an error quoting its own network's
+        # flow (the kernel does not call an error related unless it goes to the flow's endpoint).
+        sniffer = Background(world.lab, g.id, "sniff", "eth0", "1.5")
+        try:
+            world.raw(a.id, "send", "ptb", a.address, g.address, "1280", a.address, b.address, port, "5353")
+            seen = sniffer.packets()
+        finally:
+            sniffer.kill()
+        assert [p for p in seen if p["src"] == a.address] == []
         # The same error from inside acme's network is honoured: the flow and the quote were right.
         world.raw(b.id, "send", "ptb", b.address, a.address, "1280", a.address, b.address, port, "5353")
         deadline = time.monotonic() + 5
