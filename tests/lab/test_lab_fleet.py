@@ -74,6 +74,25 @@ def test_the_embedded_switch_shares_one_state_and_runs_no_cluster(tmp_path: Path
     assert not list(tmp_path.glob("hosts/*/nats-server.conf"))
 
 
+def test_host_services_run_as_their_units_would(tmp_path: Path) -> None:
+    from netns_lab import services
+
+    for spec in services.host_specs(PLAN, tmp_path, {"mesh", "dns", "proxy"}):
+        node = spec.name.split(".", 1)[0]
+        config = str(fleet.host_config_path(tmp_path, node))
+        assert spec.argv[3:5] == ("--host-config", config) and "--state" not in spec.argv
+        assert dict(spec.env)["SIXPN_CONFIG"] == config and spec.netns == PLAN.node(node).ns
+    cluster = services.cluster_specs(PLAN, tmp_path, replicate=True)
+    nats = [s for s in cluster if s.name.endswith(".nats")]
+    assert [(s.name, s.netns) for s in nats] == [(f"{h}.nats", f"fx-{h}") for h in
+                                                 ("worker-gru", "worker-gig", "worker-sjc")]
+    assert nats[0].argv[1:] == ("-c", str(fleet.nats_conf_path(tmp_path, "worker-gru")))
+    door = next(s for s in cluster if s.name == "natsdoor")
+    assert door.netns is None  # the root namespace: it listens where the operator's CLI runs
+    replicators = [s for s in cluster if s.name.endswith(".replicate")]
+    assert len(replicators) == len(PLAN.hosts()) and replicators[0].argv[-2:] == ("catalog", "replicate")
+
+
 def test_a_region_cut_keeps_its_own_edges_for_its_own_clients() -> None:
     from catalog import default_regions
 
