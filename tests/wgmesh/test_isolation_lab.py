@@ -176,7 +176,7 @@ def laptop_up(world: World, tmp_path: Path) -> Iterator[str]:
         (etc / "resolv.conf").write_text("# laptop-alice\n")
     name = f"iso{os.getpid() % 10000}"
     conf = tmp_path / f"{lab.lab_id}i{os.getpid() % 10000}.conf"
-    sixpn = [sys.executable, "-m", "sixpn.cli", "--state", str(lab.state_dir)]
+    sixpn = [sys.executable, "-m", "sixpn.cli", "--host-config", str(lab.operator_config)]
     subprocess.run([*sixpn, "wg", "create", "acme", "gru", name, str(conf)], check=True, capture_output=True,
                    timeout=60)
     try:
