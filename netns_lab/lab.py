@@ -134,11 +134,16 @@ class Lab:
         behind at the timeout. With the embedded catalog every host reads the one catalog: nothing to wait for."""
         if not self.replicated:
             return []
-        target, _ = fleet.stream_seq(self.run_dir)
-        if target is None:
-            return [n.name for n in self.plan.hosts()]
         cut, cut_regions = self.cut_set(), self.cut_regions()
         hosts = [n for n in self.plan.hosts() if n.name not in cut and n.region not in cut_regions]
+        # The stream's last sequence, or the furthest replica's if that is further: just after a heal, a server
+        # that was cut off may still answer for the stream with what it knew before (until it hears the new
+        # term), while a replica on the majority side already holds later, committed messages.
+        stream, _ = fleet.stream_seq(self.run_dir)
+        seen = [fleet.replica_seq(fleet.host_dir(self.run_dir, n.name) / "state") or 0 for n in hosts]
+        target = max([*seen, stream or 0])
+        if stream is None and not target:
+            return [n.name for n in hosts]
         deadline = time.monotonic() + timeout
         while True:
             behind = [n.name for n in hosts
