@@ -75,7 +75,8 @@ def test_a_cut_region_serves_its_last_state_and_every_replica_ends_identical(fle
     with lab.catalog() as cat:
         cat.create_app(APP, "acme", config={"http_service": {"internal_port": 8080}})
     machines = Machines(lab).scale(APP, 3, ["gru", "gig", "sjc"]).added
-    assert not lab.wait_replicas()
+    behind = lab.wait_replicas(timeout=30)
+    assert not behind, f"replicas behind before the cut: {behind}"
     gru_machine = next(m for m in machines if m.region == "gru")
     seat = _seat_inside(lab, "gru")
 
