@@ -167,7 +167,6 @@ class Agent:
     def act(self, action: Action, mine: dict[str, Machine]) -> None:
         slot = self.slots.setdefault(action.machine_id, Slot(action.machine_id))
         if isinstance(action, Start):
-            self.start_requests.discard(slot.machine_id)
             self.start(slot, mine[slot.machine_id], fresh=True)
         elif isinstance(action, Prepare):
             self.prepare(slot, mine[slot.machine_id])
@@ -195,6 +194,7 @@ class Agent:
         self.report(machine.id, state="stopped")
 
     def start(self, slot: Slot, machine: Machine, fresh: bool) -> None:
+        self.start_requests.discard(machine.id)  # any start, the policy's too, answers a pending request
         if slot.timer is not None:
             slot.timer.cancel()
             slot.timer = None
@@ -233,7 +233,7 @@ class Agent:
         slot.child = child
         slot.started_mono = time.monotonic()
         start = runtime.start_time(child.pid) or 0
-        self.run.write(Record(machine.id, child.pid, start, time.time(), slot.restarts, env))
+        self.run.write(Record(machine.id, child.pid, start, time.time(), slot.restarts, sandbox.uid, env))
         self.watch(slot, child.pid)
         log(f"{machine.id}: started pid {child.pid} (restart #{slot.restarts})" if slot.restarts
             else f"{machine.id}: started pid {child.pid}")
@@ -299,7 +299,7 @@ class Agent:
         self.cancel_tasks(slot)
         pid = slot.pid
         assert pid is not None and self.loop is not None
-        runtime.signal_group(pid, signal.SIGTERM)
+        runtime.signal_app(pid, signal.SIGTERM)
 
         def kill() -> None:
             if slot.pid == pid:
@@ -441,6 +441,9 @@ class Agent:
         self.adopt()
         self.reconcile()
         log(f"host agent of {self.host} following the catalog from v{self.state.version}: {self!r}")
+        ready = self.run.path / "ready"
+        ready.with_suffix(".tmp").write_text(f"{os.getpid()}\n")
+        ready.with_suffix(".tmp").replace(ready)  # for a supervisor: adopted and reconciled, now following
         if on_ready is not None:
             on_ready()
         follow = asyncio.ensure_future(self.follower.run(self.on_changes))

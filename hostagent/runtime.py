@@ -49,6 +49,7 @@ class Record:
     start_time: int  # /proc/<pid>/stat field 22, clock ticks since boot
     started_at: float  # wall clock (time.time()) of the start: survives the agent's restart
     restarts: int = 0
+    uid: int = 0  # the app's unprivileged uid (and gid) in its sandbox
     env: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -87,6 +88,7 @@ class RunDir:
             doc: dict[str, Any] = json.loads(self.record_path(machine_id).read_text())
             return Record(machine=str(doc["machine"]), pid=int(doc["pid"]), start_time=int(doc["start_time"]),
                           started_at=float(doc["started_at"]), restarts=int(doc.get("restarts", 0)),
+                          uid=int(doc.get("uid", 0)),
                           env={str(k): str(v) for k, v in doc.get("env", {}).items()})
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -168,6 +170,22 @@ def signal_group(pid: int, sig: int) -> None:
     """The sandbox runs in its own session and process group: the signal reaches bwrap, its pid 1 and the app."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def signal_app(pid: int, sig: int) -> None:
+    """`sig` to every process of the sandbox's group but bwrap itself (`pid`): bwrap would die of a SIGTERM at
+    once, while the app may take its time to shut down, and bwrap's exit is how the agent learns the app is
+    gone. (The sandbox's pid 1 ignores it: a PID namespace's init gets only the signals it handles.)"""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pid:
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), sig)
 
 
 # -- namespaces ------------------------------------------------------------------------------------

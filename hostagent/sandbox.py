@@ -8,6 +8,9 @@ A machine's app must not see its host. bwrap (Debian's `bubblewrap`, the sandbox
 - its own PID namespace (it sees only its own processes), IPC, UTS (hostname = machine id) and cgroup namespaces;
 - the machine's network namespace, which the agent enters first (`ip netns exec`, which also binds the
   machine's /etc/netns/<ns>/resolv.conf and hosts over /etc);
+- the process group of its bwrap (no `--new-session`: the agent starts it in a session of its own, without a
+  terminal, so there is no TIOCSTI to guard against, and one `killpg` reaches bwrap, the sandbox's pid 1 and
+  the app);
 - an unprivileged uid/gid of its own, no capabilities (bounding set emptied) and no_new_privs: setpriv(1) drops
   them inside the sandbox, since bwrap run by root keeps uid 0 (only without capabilities, and uid 0 still owns
   every 0600 file of the host). Without CAP_SYS_ADMIN and /run/netns, `ip netns exec` fails inside.
@@ -42,7 +45,7 @@ class Sandbox:
     def argv(self, app: Sequence[str], root_links: Iterable[str] = (), etc: Iterable[str] = ()) -> list[str]:
         """`root_links`: which of USR_LINKS are symlinks on this host; `etc`: which ETC_FILES exist."""
         args = [BWRAP, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                "--hostname", self.hostname, "--new-session",
+                "--hostname", self.hostname,
                 "--ro-bind", "/usr", "/usr"]
         for name in root_links:
             args += ["--symlink", f"usr/{name}", f"/{name}"]
