@@ -53,7 +53,7 @@ def host_specs(plan: Plan, run_dir: Path, groups: set[str]) -> list[Spec]:
 
     def add(node: Node, service: str, *args: str) -> None:
         specs.append(Spec(name=f"{node.name}.{service}", argv=sixpn_argv(state, *args), netns=node.ns, env=env,
-                          log=str(run_dir / "logs" / f"{node.name}.{service}.log")))
+                          log=str(run_dir / "logs" / f"{node.name}.{service}.log"), net_only=service == "agent"))
 
     for node in plan.hosts():
         if "mesh" in groups:
