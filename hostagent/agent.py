@@ -364,16 +364,16 @@ class Agent:
             return
         if slot.phase == "stopping" or machine.desired == "stopped":
             slot.phase = "down"
-            self.report(slot.machine_id, state="stopped", exit_code=code, health="")
+            self.report(slot.machine_id, state="stopped", exit_code=code, restarts=slot.restarts, health="")
             return
         try:
             policy = self.app_of(machine).config.restart_for(machine.process_group)
         except HostAgentError:
             slot.phase = "down"
-            self.report(slot.machine_id, state="stopped", exit_code=code, health="")
+            self.report(slot.machine_id, state="stopped", exit_code=code, restarts=slot.restarts, health="")
             return
         decision = decide(code, policy, slot.restarts, slot.started_mono, time.monotonic())
-        self.report(slot.machine_id, state="stopped", exit_code=code, health="")
+        self.report(slot.machine_id, state="stopped", exit_code=code, restarts=slot.restarts, health="")
         if isinstance(decision, StayDown):
             slot.phase = "down"
             log(f"{slot.machine_id}: left stopped: {decision.why}")

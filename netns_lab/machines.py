@@ -203,16 +203,34 @@ class Machines:
         pid, start = int(doc.get("pid", 0)), int(doc.get("start_time", -1))
         return pid if pid > 0 and _start_time(pid) == start and system.alive(pid) else None
 
-    def kill(self, machine_id: str) -> int:
-        """SIGKILL the app's whole sandbox (fault injection); the catalog is not touched here: the host agent
-        notices the exit, reports it and applies the app's restart policy."""
-        self._machine(machine_id)
+    def app_pid(self, machine_id: str) -> int | None:
+        """The app's own process (host pid): the child of the sandbox's pid 1, which is bwrap's child."""
         pid = self.pid(machine_id)
-        if pid is None:
-            raise LabStateError(f"machine {machine_id} has no running process")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        for _ in range(2):
+            if pid is None:
+                return None
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                return None
+            pid = int(children[0]) if children else None
         return pid
+
+    def kill(self, machine_id: str) -> int:
+        """SIGKILL the app's process, as a crash would end it (fault injection); the catalog is not touched here:
+        the host agent notices the exit, reports it (exit code -9) and applies the app's restart policy. Without
+        an app process to find, the whole sandbox's process group is killed."""
+        self._machine(machine_id)
+        sandbox = self.pid(machine_id)
+        if sandbox is None:
+            raise LabStateError(f"machine {machine_id} has no running process")
+        app = self.app_pid(machine_id)
+        with contextlib.suppress(ProcessLookupError):
+            if app is not None:
+                os.kill(app, signal.SIGKILL)
+            else:
+                os.killpg(sandbox, signal.SIGKILL)
+        return app or sandbox
 
 
 def describe(machine: Machine) -> str:
