@@ -132,7 +132,10 @@ class Agent:
             if before == "stopped" and record.desired == "started":
                 self.start_requests.add(record.id)  # `machines start`: a start on purpose, even after a crash
             self.desired_seen[record.id] = record.desired
-        self.reconcile()
+        try:
+            self.reconcile()
+        except Exception as exc:  # one bad row or a full disk must not stop the agent from following
+            log(f"reconcile failed: {exc!r}")
 
     def report(self, machine_id: str, **fields: Any) -> None:
         """Write the observed fields that differ from the row (or from what this agent last wrote)."""
@@ -418,13 +421,17 @@ class Agent:
                     slot.pid = slot.pidfd = None
                     alive = False
             if alive:
-                slot.phase = "running"
                 log(f"{record.machine}: adopted pid {record.pid}")
-                if machine is not None:
-                    app = self.state.apps.get(machine.app)
-                    self.report(machine.id, state="started", restarts=slot.restarts)
-                    if app is not None:
-                        self.start_checks(slot, machine, app)
+                app = None if machine is None else self.state.apps.get(machine.app)
+                if machine is None or app is None:
+                    slot.phase = "running"  # its row is gone: the plan tears it down
+                elif machine.state == "started":
+                    slot.phase = "running"
+                    self.start_checks(slot, machine, app)
+                else:  # the previous agent left before it saw the app listen: wait for it again
+                    slot.phase = "starting"
+                    slot.tasks.append(asyncio.ensure_future(
+                        self.wait_listening(slot, machine, app, internal_port(app))))
                 continue
             self.run.forget(record.machine)
             if machine is None:
