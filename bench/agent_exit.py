@@ -1,7 +1,7 @@
 """Benchmark of the host agent in the lab (examples/three-regions.toml): a machine's app SIGKILLed ->
 (a) its exit in the catalog (the agent's report), (b) its address gone from `dig web.internal` run in a machine on
-another worker, (c) restarted and reported `started` again (policy "always": the first kill is restarted after 0.1 s, the next
-ones, seconds apart, are a crash loop and back off, doubling up to 5 s); then the agent itself restarted
+another worker, (c) restarted and reported `started` again (policy "always": the first kill is restarted after
+0.1 s, the next ones, seconds apart, are a crash loop and back off, doubling up to 5 s); then the agent restarted
 under a sequential curl load through the edge: same pids, failed requests.
 Run as root: `python bench/agent_exit.py [ROUNDS]`. Ends with one `key=value ...` line."""
 
