@@ -222,13 +222,14 @@ class Agent:
         env = machine_env(machine, app, port)
         status = self.run.status_path(machine.id)
         status_fd = os.open(status, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        sandbox = Sandbox(hostname=machine.id, uid=FIRST_UID + parse(machine.address).slot_id % 1_000_000,
-                          ro_binds=self.binds, rw_binds=self.options.shares, status_fd=status_fd)
+        sandbox = Sandbox(hostname=machine.id, uid=machine_uid(machine), ro_binds=self.binds,
+                          rw_binds=self.options.shares, status_fd=status_fd)
         links, etc = self.layout
         argv = ["ip", "netns", "exec", self.ns(machine.id),
                 *sandbox.argv(machine_argv(app, machine.process_group, port), links, etc)]
+        log_fd = os.open(self.log_dir / f"{machine.id}.app.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            with open(self.log_dir / f"{machine.id}.app.log", "ab") as out:
+            with os.fdopen(log_fd, "ab") as out:  # 0600: an app's output may hold its secrets
                 child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True, pass_fds=(status_fd,))
         finally:
@@ -468,6 +469,14 @@ class Agent:
 
 
 # -- what a machine runs -------------------------------------------------------------------------
+
+
+def machine_uid(machine: Machine) -> int:
+    """A uid of its own per machine, also across the hosts of one kernel (the lab): its host id and its slot on
+    that host, which is never reused (unique for 16,384 hosts and 65,536 machines per host)."""
+    a = parse(machine.address)
+    return FIRST_UID + (a.host_id % (1 << 14)) * (1 << 16) + a.slot_id % (1 << 16)
+
 
 
 def internal_port(app: App) -> int:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import signal
 from pathlib import Path
 
 from hostagent.agent import Agent, Options
 from hostagent.errors import HostAgentError
+from hostagent.sandbox import SETPRIV
 from sixpn.context import open_catalog
 from sixpn.registry import Registry
 
@@ -30,7 +33,17 @@ def register(cli: Registry) -> None:
                        help="a host directory every machine sees read-only at the same path (repeatable)")
 
 
+def check_tools() -> None:
+    """What the agent runs: iproute2 for namespaces, bubblewrap and util-linux's setpriv for the sandbox."""
+    missing = [name for name, path in (("iproute2 (ip)", shutil.which("ip")), ("bubblewrap (bwrap)", shutil.which(
+        "bwrap")), ("util-linux (setpriv)", SETPRIV if os.access(SETPRIV, os.X_OK) else None)) if path is None]
+    if missing:
+        raise HostAgentError(f"the host agent needs {', '.join(missing)} (apt-get install bubblewrap util-linux "
+                             "iproute2)")
+
+
 def host_agent(args: argparse.Namespace) -> None:
+    check_tools()
     options = Options(host=args.host, run_dir=args.run_dir, netns_prefix=args.netns_prefix, log_dir=args.log_dir,
                       shares=tuple(args.share), ro_binds=tuple(args.ro_bind))
     with open_catalog(args) as catalog:
