@@ -248,3 +248,15 @@ def test_checks_run_by_the_agent_publish_health(lab: Lab, lab_app: MakeApp) -> N
     until("critical (404 on the check's path)", lambda: row(lab, sick.id).health == "critical")
     Machines(lab).stop(ok.id)
     assert row(lab, ok.id).health == ""  # a stopped machine has no health
+
+
+def test_stop_kills_an_app_that_ignores_sigterm_after_the_grace(lab: Lab, lab_app: MakeApp) -> None:
+    stubborn = {"processes": {"app": "trap '' TERM; exec python3 -m http.server --bind :: 8080"},
+                "http_service": {"internal_port": 8080}}
+    (m,) = lab_app("agstubborn", count=1, regions=["gig"], config=stubborn)
+    t0 = time.monotonic()
+    assert Machines(lab).stop(m.id).state == "stopped"
+    took = time.monotonic() - t0
+    assert 4.5 < took < 10.0, took  # SIGTERM ignored, SIGKILL after the agent's 5 s grace
+    assert row(lab, m.id).exit_code == -9
+    assert "still running 5s after SIGTERM: SIGKILL" in (lab.logs_dir / "worker-gig.agent.log").read_text()
