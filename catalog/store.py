@@ -8,20 +8,22 @@ it changes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from catalog import addressing, appconfig
-from catalog.errors import CatalogError, Conflict, InvalidWrite, NotFound
+from catalog import addressing, appconfig, replica
+from catalog.errors import CatalogError, Conflict, InvalidWrite, NotFound, WriteConflict
 from catalog.models import (
     DESIRED_STATES,
     HEALTH_STATES,
@@ -48,6 +50,27 @@ from catalog.regions import RegionTable, default_regions
 from catalog.state import State
 
 R = TypeVar("R", bound=Record)
+F = TypeVar("F", bound=Callable[..., Any])
+WRITE_ATTEMPTS = 30
+
+
+def write_op(method: F) -> F:
+    """A write method: run again from the start when a replicated catalog reports that another writer
+    published first (validation then sees the other write). The embedded catalog never conflicts."""
+
+    @functools.wraps(method)
+    def wrapper(self: Catalog, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return method(self, *args, **kwargs)
+            except WriteConflict:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise WriteConflict(f"gave up after {WRITE_ATTEMPTS} racing writes; try again") from None
+                # Jittered backoff: writers that lost together must not collide again in lockstep.
+                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 MACHINE_ID = re.compile(r"^[0-9a-f]{14}$")
@@ -84,10 +107,12 @@ def new_machine_id() -> str:
 
 
 class _Tx:
-    """The open write transaction: reads see its own writes."""
+    """The open write transaction: reads see its own writes; `ops` records every write it made, in order
+    (what a replicated catalog publishes instead of committing locally: see `catalog.replica`)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.ops: list[list[Any]] = []
 
     def get(self, cls: type[R], kind: str, key: str) -> R | None:
         row = self.db.execute("SELECT data FROM records WHERE kind=? AND key=?", (kind, key)).fetchone()
@@ -117,6 +142,7 @@ class _Tx:
         return cur.lastrowid
 
     def put(self, record: Record) -> None:
+        self.ops.append(["put", kind_of(record), encode(record)])
         version = self._log("put", record)
         self.db.execute(
             "INSERT OR REPLACE INTO records (kind, key, data, version) VALUES (?, ?, ?, ?)",
@@ -124,6 +150,7 @@ class _Tx:
         )
 
     def delete(self, record: Record) -> None:
+        self.ops.append(["delete", kind_of(record), encode(record)])
         self._log("delete", record)
         self.db.execute("DELETE FROM records WHERE kind=? AND key=?", (kind_of(record), key_of(record)))
 
@@ -133,16 +160,22 @@ class _Tx:
         value = start if row is None else int(row[0]) + 1
         if value > addressing.MAX_ID:
             raise Conflict(f"id space {counter!r} is exhausted")
-        self.db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (counter, value))
+        self.set_counter(counter, value)
         return value
 
+    def set_counter(self, counter: str, value: int) -> None:
+        self.ops.append(["counter", counter, value])
+        self.db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (counter, value))
+
     def claim_address(self, address: str, owner: str) -> None:
+        self.ops.append(["claim", address, owner])
         try:
             self.db.execute("INSERT INTO addresses (address, owner) VALUES (?, ?)", (address, owner))
         except sqlite3.IntegrityError:
             raise Conflict(f"address {address} is already in use") from None
 
     def release_address(self, address: str) -> None:
+        self.ops.append(["release", address])
         self.db.execute("DELETE FROM addresses WHERE address=?", (address,))
 
 
@@ -167,7 +200,7 @@ class Catalog:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> Catalog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -176,7 +209,7 @@ class Catalog:
     def _ensure_schema(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.strip().split(";"):
+            for statement in (_SCHEMA + replica.SCHEMA).strip().split(";"):
                 if statement.strip():
                     self.db.execute(statement)
         except BaseException:
@@ -186,6 +219,8 @@ class Catalog:
 
     @contextmanager
     def _write(self, owner: str | None = None) -> Iterator[_Tx]:
+        """One write: validated and made inside one transaction. `owner` names the host a host-owned write
+        belongs to (None: a global write); the embedded catalog commits both alike."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield _Tx(self.db)
@@ -248,6 +283,7 @@ class Catalog:
 
     # -- orgs, networks, apps -------------------------------------------------------------------
 
+    @write_op
     def create_org(self, name: str) -> Org:
         check_name(name, "org")
         with self._write() as tx:
@@ -266,6 +302,7 @@ class Catalog:
         tx.put(network)
         return network
 
+    @write_op
     def create_app(
         self, name: str, org: str, network: str | None = None, config: dict[str, Any] | None = None
     ) -> App:
@@ -288,6 +325,7 @@ class Catalog:
             tx.put(app)
         return app
 
+    @write_op
     def set_app_config(self, name: str, config: dict[str, Any]) -> App:
         appconfig.from_doc(config)
         with self._write() as tx:
@@ -296,6 +334,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def delete_app(self, name: str) -> None:
         with self._write() as tx:
             app = tx.need(App, "app", name)
@@ -305,6 +344,7 @@ class Catalog:
 
     # -- hosts ----------------------------------------------------------------------------------
 
+    @write_op
     def register_host(
         self, name: str, region: str, role: HostRole, underlay: str, public_key: str = "", wg_port: int = 51820
     ) -> Host:
@@ -320,6 +360,7 @@ class Catalog:
             tx.put(host)
         return host
 
+    @write_op
     def set_host_key(self, name: str, public_key: str) -> Host:
         with self._write() as tx:
             host = tx.need(Host, "host", name)
@@ -327,6 +368,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def delete_host(self, name: str) -> None:
         with self._write() as tx:
             host = tx.need(Host, "host", name)
@@ -339,6 +381,7 @@ class Catalog:
 
     # -- machines -------------------------------------------------------------------------------
 
+    @write_op
     def create_machine(
         self,
         app: str,
@@ -379,6 +422,7 @@ class Catalog:
         tx.claim_address(address, owner)
         return address
 
+    @write_op
     def set_machine_state(self, machine_id: str, state: MachineState) -> Machine:
         _check_state(state)
         with self._write() as tx:
@@ -387,6 +431,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def set_machine_desired(self, machine_id: str, desired: Desired) -> Machine:
         """Global: what the machine should be doing; the agent of its host makes it so."""
         if desired not in DESIRED_STATES:
@@ -397,6 +442,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def observe_machine(self, machine_id: str, host: str, **observed: Any) -> Machine:
         """Host-owned: the agent of `host` reports what its machine is doing (`state`, `restarts`, `exit_code`,
         `health`). Refused for a machine placed on another host. The report gets a new `obs_gen` (above the
@@ -417,6 +463,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def move_machine(self, machine_id: str, host: str) -> Machine:
         """Move to another worker: the machine keeps its id and gets an address on the new host."""
         with self._write() as tx:
@@ -431,6 +478,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def set_machine_metadata(self, machine_id: str, metadata: dict[str, str]) -> Machine:
         with self._write() as tx:
             machine = tx.need(Machine, "machine", machine_id)
@@ -438,6 +486,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def delete_machine(self, machine_id: str) -> None:
         with self._write() as tx:
             machine = tx.need(Machine, "machine", machine_id)
@@ -446,6 +495,7 @@ class Catalog:
 
     # -- WireGuard peers ------------------------------------------------------------------------
 
+    @write_op
     def create_peer(self, org: str, name: str, host: str, public_key: str, network: str | None = None) -> Peer:
         if not PEER_NAME.match(name):
             raise InvalidWrite(f"peer name {name!r} must be letters, digits and '-'")
@@ -464,6 +514,7 @@ class Catalog:
             tx.put(peer)
         return peer
 
+    @write_op
     def set_peer_key(self, name: str, public_key: str) -> Peer:
         with self._write() as tx:
             peer = tx.need(Peer, "peer", name)
@@ -471,6 +522,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def delete_peer(self, name: str) -> Peer:
         with self._write() as tx:
             peer = tx.need(Peer, "peer", name)

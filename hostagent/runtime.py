@@ -37,7 +37,7 @@ def machine_ns(prefix: str, machine_id: str) -> str:
 
 
 def veth_name(machine_id: str) -> str:
-    return f"m{machine_id}"  # 15 characters: the interface-name limit
+    return addressing.machine_link(machine_id)  # the mesh's isolation knows machines by this name
 
 
 @dataclass(frozen=True)
