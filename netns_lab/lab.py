@@ -363,6 +363,9 @@ class Lab:
         except (OSError, ValueError):
             return []
 
+    def service_running(self, node_name: str, service: str) -> bool:
+        return _running(self.run_dir, f"{self.plan.node(node_name).name}.{service}")
+
     def supervisor_pid(self) -> int | None:
         pid = system.read_pid(self.run_dir / "supervisor.pid")
         return pid if pid is not None and system.runs(pid, "netns_lab.supervisor", str(self.run_dir)) else None

@@ -115,9 +115,17 @@ class Machines:
 
     # -- creating -------------------------------------------------------------------------------
 
+    def _check_agents(self, hosts: list[str]) -> None:
+        """Fail at once, not after a timeout, when a worker has no host agent to run its machines."""
+        missing = [h for h in sorted(set(hosts)) if not self.lab.service_running(h, "agent")]
+        if missing:
+            raise LabStateError(f"no host agent runs on {', '.join(missing)} in lab {self.lab.lab_id} (started "
+                                "with --no-services, or stopped with `sixpn lab stop HOST agent`?)")
+
     def add(self, app: App, hosts: list[str], group: str = "app") -> list[Machine]:
         if not hosts:
             return []
+        self._check_agents(hosts)
         with self.lab.catalog() as cat:
             machines = [cat.create_machine(app.name, host, state="created", process_group=group, desired="started")
                         for host in hosts]
