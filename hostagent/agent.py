@@ -214,11 +214,10 @@ class Agent:
             self.report(machine.id, state="failed")
             raise HostAgentError(f"cannot start: {exc}") from exc
         slot.phase = "starting"
-        port = internal_port(app)
-        slot.tasks.append(asyncio.ensure_future(self.wait_listening(slot, machine, app, port)))
+        slot.tasks.append(asyncio.ensure_future(self.wait_listening(slot, machine, app)))
 
     def spawn(self, slot: Slot, machine: Machine, app: App) -> None:
-        port = internal_port(app)
+        port = internal_port(app, machine.process_group) or DEFAULT_PORT
         env = machine_env(machine, app, port)
         status = self.run.status_path(machine.id)
         status_fd = os.open(status, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -248,9 +247,11 @@ class Agent:
         slot.pidfd = os.pidfd_open(pid)
         self.loop.add_reader(slot.pidfd, self.exited, slot)
 
-    async def wait_listening(self, slot: Slot, machine: Machine, app: App, port: int) -> None:
+    async def wait_listening(self, slot: Slot, machine: Machine, app: App) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        while slot.pid is not None and not runtime.listens(slot.pid, port):
+        # A process group without a service (a worker) has nothing to listen on: it is started once it runs.
+        port = internal_port(app, machine.process_group)
+        while port is not None and slot.pid is not None and not runtime.listens(slot.pid, port):
             if time.monotonic() > deadline:
                 log(f"{machine.id}: not listening on :{port} after {START_TIMEOUT:.0f}s; reported started anyway")
                 break
@@ -299,7 +300,7 @@ class Agent:
         self.terminate(slot)
 
     def terminate(self, slot: Slot) -> None:
-        """SIGTERM the sandbox's process group now, SIGKILL after the grace if it still runs."""
+        """SIGTERM the app now (bwrap ends when it does), SIGKILL the whole group after the grace if it still runs."""
         self.cancel_tasks(slot)
         pid = slot.pid
         assert pid is not None and self.loop is not None
@@ -432,7 +433,7 @@ class Agent:
                 else:  # the previous agent left before it saw the app listen: wait for it again
                     slot.phase = "starting"
                     slot.tasks.append(asyncio.ensure_future(
-                        self.wait_listening(slot, machine, app, internal_port(app))))
+                        self.wait_listening(slot, machine, app)))
                 continue
             self.run.forget(record.machine)
             if machine is None:
@@ -479,9 +480,13 @@ def machine_uid(machine: Machine) -> int:
 
 
 
-def internal_port(app: App) -> int:
-    service = app.config.http_service
-    return service.internal_port if service else DEFAULT_PORT
+def internal_port(app: App, group: str) -> int | None:
+    """The internal port of the first service of the machine's process group; None for a group without one
+    (an app without any service at all runs the sample app on DEFAULT_PORT, which is waited for)."""
+    if not app.config.services:
+        return None if app.config.processes else DEFAULT_PORT
+    service = next((s for s in app.config.services if not s.processes or group in s.processes), None)
+    return None if service is None else service.internal_port
 
 
 def machine_argv(app: App, group: str, port: int) -> tuple[str, ...]:

@@ -76,3 +76,18 @@ def test_repr_and_uids(world: tuple[Catalog, Agent, list[Action]]) -> None:
     assert repr(agent) == f"<Agent w1 v{agent.state.version}: 1 running>"
     assert repr(agent.slots[a.id]) == f"<Slot {a.id} running restarts 0>"
     assert machine_uid(a) != machine_uid(b) and min(machine_uid(a), machine_uid(b)) >= 100_000
+
+
+def test_the_port_waited_for_is_the_process_groups_service() -> None:
+    from catalog import App
+    from hostagent.agent import internal_port
+
+    def app(config: dict[str, Any]) -> App:
+        return App("a", "acme", "acme", config)
+
+    assert internal_port(app({}), "app") == 8080  # the sample app
+    assert internal_port(app({"processes": {"app": "sleep 1000"}}), "app") is None  # nothing to listen on
+    both = {"processes": {"app": "serve", "worker": "work"},
+            "http_service": {"internal_port": 3000, "processes": ["app"]}}
+    assert internal_port(app(both), "app") == 3000
+    assert internal_port(app(both), "worker") is None
