@@ -1,21 +1,43 @@
 """The agent's bookkeeping without I/O: which changes of the catalog become start requests, what it reports
-(only what changed), and its repr. The actions themselves are recorded, not done."""
+(only what changed), and its repr. The actions themselves are recorded, not done. On both catalogs: the
+embedded one and the replicated one (a replica of a stream on a nats-server started for the test), since the
+agent only uses the `Catalog` API and `Follower`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from catalog import Catalog
+from catalog.replicated import ReplicatedCatalog
 from hostagent.agent import Agent, Options, Slot, machine_uid
 from hostagent.plan import Action, Start
+from tests.catalog.conftest import host_config
+from tests.natsserver import nats_server
+
+
+@pytest.fixture(params=["embedded", "replicated"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
+    if request.param == "embedded":
+        with Catalog(tmp_path / "state") as cat:
+            yield cat
+        return
+    with nats_server(tmp_path / "nats") as server:
+        replica = ReplicatedCatalog(host_config(server, tmp_path / "state", name="w1", role="worker"),
+                                    fresh_reads=True)
+        replica.init_stream(1)
+        try:
+            yield replica
+        finally:
+            replica.link.close()
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> tuple[Catalog, Agent, list[Action]]:
-    cat = Catalog(tmp_path / "state")
+def world(catalog: Catalog, tmp_path: Path) -> tuple[Catalog, Agent, list[Action]]:
+    cat = catalog
     cat.register_host("w1", "gru", "worker", "192.0.2.10")
     cat.register_host("w2", "gru", "worker", "192.0.2.11")
     cat.create_org("acme")
