@@ -490,6 +490,8 @@ def internal_port(app: App, group: str) -> int | None:
 
 
 def machine_argv(app: App, group: str, port: int) -> tuple[str, ...]:
+    """The group's `[processes]` command, else the lab's sample app (run by module name, never imported here: the
+    stand-in for the image a machine of an app without commands would boot)."""
     command = app.config.command_for(group) if app.config.processes else None
     if command:
         return ("/bin/sh", "-c", command)
