@@ -110,7 +110,8 @@ def main() -> None:
             while any(max(w.seen, default=0) < target for w in watches) and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.2)
-            cpu_per_change = [(cpu_seconds(p.pid) - b) / (target - burst_from) * 1000 for p, b in zip(procs, cpu_before)]
+            changes = target - burst_from
+            cpu_per_change = [(cpu_seconds(p.pid) - b) / changes * 1000 for p, b in zip(procs, cpu_before, strict=True)]
         finally:
             for w in watches:
                 w.stop = True
@@ -120,7 +121,7 @@ def main() -> None:
                 p.wait(timeout=10)
             op.close()
         p50s, p99s = [], []
-        for h, w in zip(hosts, watches):
+        for h, w in zip(hosts, watches, strict=True):
             delays = sorted((w.seen[s] - t) * 1000 for s, t in starts.items() if s in w.seen)
             p50, p99 = statistics.median(delays), delays[int(len(delays) * 0.99) - 1]
             p50s.append(p50)
