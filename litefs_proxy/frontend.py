@@ -96,6 +96,7 @@ class _Ignore:
 class GoServerConnection(ServerConnection):
     """edge_proxy's server connection with Go's leniency and Go's refusals (see the module docstring)."""
 
+    framing_names = (b"Content-Length", b"Transfer-Encoding", b"Connection")
     _at_start = True  # the next byte begins a request (nothing of one is in the parser)
     _held = b""  # the start of a request whose method token has not ended yet
     _method: bytes | None = None  # the client's method, when the parser was shown another

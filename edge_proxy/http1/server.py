@@ -43,6 +43,10 @@ _NONE: frozenset[bytes] = frozenset()
 
 
 class ServerConnection(asyncio.Protocol):
+    #: How `Exchange.start` spells the fields it adds (Content-Length, Transfer-Encoding, Connection); a
+    #: subclass may spell them another server's way (litefs_proxy: Go's canonical names).
+    framing_names: tuple[bytes, bytes, bytes] = (b"content-length", b"transfer-encoding", b"connection")
+
     def __init__(self, handler: Handler, limits: ServerLimits, *, scheme: str = "http",
                  on_open: Callable[[ServerConnection], None] | None = None,
                  on_close: Callable[[ServerConnection], None] | None = None) -> None:

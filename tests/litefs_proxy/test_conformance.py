@@ -682,6 +682,24 @@ def test_response_header_names_are_canonical(tmp_path: Path) -> None:
             assert [line for line in resp.lines if line.lower().startswith(b"x-multi")] == \
                 [b"X-Multi: 1", b"X-Multi: 2"]
             assert b"Www-Authenticate" in resp.names() and b"Content-Type" in resp.names()
+            assert b"Content-Length" in resp.names() and b"Date" in resp.names()  # Go adds Date when missing
+
+    run(main)
+
+
+def test_chunked_response_framing_is_spelt_like_go(tmp_path: Path) -> None:
+    """Go's server writes `Transfer-Encoding: chunked` for a body of unknown length (copyAndFlush flushes
+    before the end, proxy_server.go:364)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def main() -> None:
+        replica_node(tmp_path)
+        async with app_server(handler=handler) as app, proxy(make_cfg(app.port), tmp_path) as p:
+            resp = await exchange(p.port, req("GET", "/r"))
+            assert resp.body == b"ok" and resp.header("Transfer-Encoding") == b"chunked"
+            assert b"Transfer-Encoding" in resp.names()
 
     run(main)
 
