@@ -52,7 +52,19 @@ def go_rejection(exc: HttpError) -> bytes | None:
         return b"HTTP/1.1 " + line + _ERROR_HEADERS + line
     if exc.status == 501:
         return b"HTTP/1.1 501 Not Implemented" + _ERROR_HEADERS + b"Unsupported transfer encoding"
+    reason = _GO_REASONS.get(exc.detail)
+    if reason is not None:  # Go's statusError: the reason in the status line and the body
+        line = b"400 Bad Request: " + reason
+        return b"HTTP/1.1 " + line + _ERROR_HEADERS + line
     return b"HTTP/1.1 400 Bad Request" + _ERROR_HEADERS + b"400 Bad Request"
+
+
+#: edge_proxy's refusals that Go's server words itself (net/http server.go readRequest: badRequestError).
+_GO_REASONS = {
+    "missing Host header": b"missing required Host header",
+    "more than one Host header": b"too many Host headers",
+    "invalid Host header": b"malformed Host header",
+}
 
 
 def canonical(name: bytes) -> bytes:

@@ -657,6 +657,18 @@ def test_malformed_request_is_gos_plain_400(tmp_path: Path) -> None:
     run(main)
 
 
+def test_missing_host_is_gos_wording(tmp_path: Path) -> None:
+    """net/http server.go readRequest: `badRequestError("missing required Host header")` for HTTP/1.1."""
+    async def main() -> None:
+        replica_node(tmp_path)
+        async with app_server() as app, proxy(make_cfg(app.port), tmp_path) as p:
+            resp = await exchange(p.port, b"GET /r HTTP/1.1\r\nX: 1\r\n\r\n")
+            assert resp.data.startswith(b"HTTP/1.1 400 Bad Request: missing required Host header\r\n")
+            assert resp.body == b"400 Bad Request: missing required Host header"
+
+    run(main)
+
+
 def test_unfinished_head_closes_silently(tmp_path: Path) -> None:
     """net/http server.go: a read timeout while reading the head is a common net error -> close, no reply."""
     async def main() -> None:
