@@ -5,8 +5,9 @@ Where Go's server and edge_proxy's differ, a LiteFS user sees Go's:
 
 - any token is a method (`FOO`, `get`): llhttp knows a fixed set, so an unknown token at the start of a request
   is shown to the parser as `POST` and the client's own is restored in the head (`request_method`). A request
-  pipelined behind another in the same read cannot be located before the parser sees it: an unknown method
-  there is still refused (400).
+  pipelined behind another in the same read is found after llhttp refuses it (`_Parser`): a throwaway parser
+  locates where the completed requests end, and parsing starts afresh there. (Only when that read began at a
+  request's start; otherwise an unknown method pipelined mid-read is still a 400.)
 - limits: the head may be 1 MB + 4 KiB (Go's DefaultMaxHeaderBytes plus its read slop), any number of fields;
   beyond that Go's `431 Request Header Fields Too Large`.
 - refusals are Go's plain text (`400 Bad Request`, no Content-Length, `Connection: close`), never edge_proxy's
@@ -17,7 +18,10 @@ Where Go's server and edge_proxy's differ, a LiteFS user sees Go's:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from array import array
 
 import httptools
 
@@ -105,6 +109,56 @@ class _Ignore:
     pass
 
 
+class _Count:
+    def __init__(self) -> None:
+        self.complete = 0
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+def _requests_end(data: bytes, count: int) -> int:
+    """Where the first `count` whole requests in `data` end (data begins at a request's start)."""
+    lo, hi = 1, len(data)
+    while lo < hi:  # the smallest prefix holding `count` complete requests (monotonic in the prefix length)
+        mid = (lo + hi) // 2
+        counter = _Count()
+        with contextlib.suppress(httptools.HttpParserError):
+            httptools.HttpRequestParser(counter).feed_data(data[:mid])
+        if counter.complete >= count:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+class _Parser(httptools.HttpRequestParser):
+    """llhttp for a `GoServerConnection`: an unknown method in a request pipelined behind others in one read
+    makes llhttp fail after those requests were parsed; parsing resumes on a fresh parser where they end."""
+
+    def __init__(self, conn: GoServerConnection) -> None:
+        super().__init__(conn)
+        self.conn = conn
+
+    def feed_data(self, data: bytes | bytearray | memoryview | array[int]) -> None:
+        conn = self.conn
+        from_start = conn._at_start
+        done_before = conn._completed
+        try:
+            super().feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            completed = conn._completed - done_before
+            if not from_start or completed == 0:
+                raise
+            whole = bytes(data)
+            rest = whole[_requests_end(whole, completed):]
+            conn.parser = fresh = _Parser(conn)
+            conn._at_start = True  # llhttp began (and refused) the request there: it begins again
+            rest = conn._stand_in(rest)
+            if rest:
+                fresh.feed_data(rest)
+
+
 class GoServerConnection(ServerConnection):
     """edge_proxy's server connection with Go's leniency and Go's refusals (see the module docstring)."""
 
@@ -113,6 +167,11 @@ class GoServerConnection(ServerConnection):
     _held = b""  # the start of a request whose method token has not ended yet
     _method: bytes | None = None  # the client's method, when the parser was shown another
     _upgraded = False  # an Upgrade request went by: what follows may be another protocol's bytes
+    _completed = 0  # requests parsed to their end
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.parser = _Parser(self)
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._at_start and not self._upgraded:
@@ -144,6 +203,7 @@ class GoServerConnection(ServerConnection):
 
     def on_message_complete(self) -> None:
         self._at_start = True
+        self._completed += 1
         super().on_message_complete()
 
     def on_headers_complete(self) -> None:

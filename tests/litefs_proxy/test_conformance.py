@@ -743,6 +743,26 @@ def test_expect_continue_replay_closes(tmp_path: Path) -> None:
     run(main)
 
 
+def test_unknown_method_pipelined_behind_a_read(tmp_path: Path) -> None:
+    """Go reads pipelined requests one after another (net/http server.go serve loop): a FOO behind a GET in
+    the same packet is a write like any other."""
+    async def main() -> None:
+        replica_node(tmp_path, "m1")
+        async with app_server() as app, proxy(make_cfg(app.port), tmp_path) as p:
+            reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+            writer.write(req("GET", "/a") + req("POST", "/b", body=b"xy") + req("FOO", "/c") + req("GET", "/d"))
+            data = b""
+            async with asyncio.timeout(5):
+                while data.count(b"HTTP/1.1 ") < 4 and (chunk := await reader.read(65536)):
+                    data += chunk
+            writer.close()
+            statuses = re.findall(rb"HTTP/1.1 (\d+)", data)
+            assert statuses == [b"200"] * 4, data
+            assert data.count(b"Fly-Replay: instance=m1") == 2 and len(app.heads) == 2
+
+    run(main)
+
+
 def test_keep_alive_and_idle(tmp_path: Path) -> None:
     """Two requests on one connection (net/http keep-alive)."""
     async def main() -> None:
@@ -751,10 +771,11 @@ def test_keep_alive_and_idle(tmp_path: Path) -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
             writer.write(req("GET", "/a") + req("GET", "/b"))
             data = b""
-            while data.count(b"app") < 2:
-                data += await asyncio.wait_for(reader.read(65536), 5)
+            async with asyncio.timeout(5):
+                while data.count(b"app") < 2 and (chunk := await reader.read(65536)):
+                    data += chunk
             writer.close()
-            assert len(app.heads) == 2
+            assert data.count(b"app") == 2 and len(app.heads) == 2
 
     run(main)
 
@@ -804,8 +825,9 @@ def test_streamed_response_flushes_each_chunk(tmp_path: Path) -> None:
             writer.write(req("GET", "/sse"))
             data = b""
             async with asyncio.timeout(2):
-                while b"data:1" not in data:
-                    data += await reader.read(65536)
+                while b"data:1" not in data and (chunk := await reader.read(65536)):
+                    data += chunk
             writer.close()
+            assert b"data:1" in data
 
     run(main)
