@@ -545,9 +545,9 @@ def test_reader_wakes_within_milliseconds_without_inotify(tmp_path: Path) -> Non
         cfg = make_cfg(0, watch="poll", litefs_url="")
         async with app_server() as app, proxy(make_cfg(app.port, watch=cfg.watch, litefs_url=""), tmp_path) as p:
             lags = []
-            for txid in range(4, 9):
+            for txid, pause in zip(range(4, 9), (0.13, 0.171, 0.219, 0.263, 0.337), strict=True):
                 task = asyncio.create_task(exchange(p.port, req("GET", "/r", f"Cookie: __txid={txid:016x}")))
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(pause)  # moves at varied phases of any poll
                 moved = time.monotonic()
                 write(tmp_path / "db-pos", pos_bytes(txid))
                 resp = await task
