@@ -88,6 +88,11 @@ def test_config_toml(tmp_path: Path) -> None:
     assert c.proxy is not None and c.proxy.addr.port == 9 and c.proxy.max_lag == 2.0 and c.mount == Path("/m")
 
 
+def test_config_no_expand_env() -> None:
+    p = proxy_of(BASE.replace("'db'", "'$DBNAME'"), env={"DBNAME": "app.db"}, expand=False)
+    assert p.db == "$DBNAME"  # LiteFS's -no-expand-env
+
+
 def test_config_env_expansion() -> None:
     assert proxy_of(BASE.replace("'db'", "'${DBNAME}'"), env={"DBNAME": "app.db"}).db == "app.db"
     assert proxy_of(BASE.replace("'db'", "'$DBNAME'"), env={"DBNAME": "app.db"}).db == "app.db"
