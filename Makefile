@@ -3,7 +3,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMPS    := .make
 APT_PACKAGES := wireguard-tools wireguard-go nftables iproute2 iputils-ping dnsutils curl wrk \
-                nginx-light nsd dnsperf procps qrencode kmod openresolv \
+                nginx-light nsd dnsperf procps qrencode kmod openresolv bubblewrap util-linux \
                 gcc libc6-dev python3-dev
 
 .PHONY: all setup test lint typecheck unit demo bench clean
@@ -34,7 +34,7 @@ lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMPS)/venv
-	$(VENV)/bin/mypy catalog edge_proxy dns6pn wgmesh litefs_proxy netns_lab sixpn tests bench
+	$(VENV)/bin/mypy catalog edge_proxy dns6pn wgmesh litefs_proxy hostagent netns_lab sixpn tests bench
 
 unit: setup
 	$(VENV)/bin/pytest -q -ra

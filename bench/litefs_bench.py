@@ -1,9 +1,11 @@
-"""litefs_proxy benchmark: read overhead against going direct, and the cost of 1,000 readers waiting.
+"""litefs_proxy benchmark: reads through the proxy against nginx proxying the same app and against the bare
+app, and the cost of 1,000 readers waiting.
 
 1. A minimal upstream (uvloop, fixed 13-byte response) in its own process; the proxy (`sixpn litefs-proxy
-   serve`) in another, its mount a temp dir that says "primary". `wrk` (2 threads, 50 connections, 5 s, keep-
-   alive) hits the upstream directly, then through the proxy: reads without a cookie, LiteFS's common case.
-   Then 3,000 sequential requests on one connection each way: the added latency without queueing.
+   serve`) in another, its mount a temp dir that says "primary"; nginx (one worker, keep-alive upstream pool)
+   in front of the same upstream. `wrk` (2 threads, 50 connections, 5 s, keep-alive) hits the upstream
+   directly, through nginx and through the proxy: reads without a cookie, LiteFS's common case. Then 3,000
+   sequential requests on one connection each way: the added latency without queueing.
 2. First, on the fresh proxy: its CPU time (utime+stime from /proc, 10 ms ticks) over 4 s with 1,000 idle
    keep-alive connections (the baseline: what holding connections costs), then with 1,000 connections each
    waiting on a GET whose `__txid` is one ahead of the position; then the position moves once and all 1,000
@@ -35,6 +37,22 @@ from litefs_proxy.mountfiles import Pos, format_lag, format_pos, write_atomic  #
 
 WAITERS = 1000
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nhello, world\n"
+
+
+NGINX_CONF = """
+worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;
+  uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st; keepalive_requests 1000000;
+  upstream app {{ server 127.0.0.1:{target}; keepalive 100; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+                  proxy_set_header Host $host; proxy_buffering off; }}
+  }}
+}}
+"""
 
 
 def free_port() -> int:
@@ -152,11 +170,11 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--upstream":
         run_upstream(int(sys.argv[2]))
         return
-    if shutil.which("wrk") is None:
-        raise SystemExit("needs wrk")
+    if shutil.which("wrk") is None or shutil.which("nginx") is None:
+        raise SystemExit("needs wrk and nginx")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
-    up_port, proxy_port = free_port(), free_port()
+    up_port, proxy_port, nginx_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="litefs-bench-") as tmp:
         mount = Path(tmp) / "mnt"
@@ -166,16 +184,21 @@ def main() -> None:
         config = Path(tmp) / "litefs.yml"
         config.write_text(f"fuse:\n  dir: {mount}\nproxy:\n  addr: '127.0.0.1:{proxy_port}'\n"
                           f"  target: '127.0.0.1:{up_port}'\n  db: db\n  txid-timeout: 30s\n")
+        (Path(tmp) / "nginx.conf").write_text(NGINX_CONF.format(d=tmp, port=nginx_port, target=up_port))
         try:
             procs.append(spawn([sys.executable, __file__, "--upstream", str(up_port)]))
             procs.append(spawn([sys.executable, "-m", "sixpn.cli", "litefs-proxy", "serve", "--config", str(config)]))
+            procs.append(spawn(["nginx", "-p", tmp, "-c", str(Path(tmp) / "nginx.conf")]))
             wait_port(up_port)
             wait_port(proxy_port)
+            wait_port(nginx_port)
             # Waiters first, on the fresh proxy: wrk leaves connections and pooled upstreams behind.
             idle_ms, cpu_ms, release_s, answered = asyncio.run(waiters(proxy_port, mount, procs[1].pid))
             direct_rps, direct_p99 = wrk(up_port)
+            nginx_rps, nginx_p99 = wrk(nginx_port)
             proxy_rps, proxy_p99 = wrk(proxy_port)
             direct_one = probe(up_port)
+            nginx_one = probe(nginx_port)
             proxy_one = probe(proxy_port)
         finally:
             for proc in procs:
@@ -183,14 +206,18 @@ def main() -> None:
                     os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(10)
     ratio = proxy_rps / direct_rps
-    print(f"direct: {direct_rps:.0f} req/s, p99 {direct_p99:.2f} ms; through the proxy: {proxy_rps:.0f} req/s, "
-          f"p99 {proxy_p99:.2f} ms (wrk -t2 -c50 -d5s, keep-alive, 2 cores shared by all processes)")
-    print(f"one request at a time: direct p50 {direct_one[0]:.3f} ms p99 {direct_one[1]:.3f} ms; through the proxy "
+    print(f"direct: {direct_rps:.0f} req/s, p99 {direct_p99:.2f} ms; through nginx: {nginx_rps:.0f} req/s, "
+          f"p99 {nginx_p99:.2f} ms; through the proxy: {proxy_rps:.0f} req/s, p99 {proxy_p99:.2f} ms "
+          f"(wrk -t2 -c50 -d5s, keep-alive, 2 cores shared by all processes)")
+    print(f"one request at a time: direct p50 {direct_one[0]:.3f} ms p99 {direct_one[1]:.3f} ms; through nginx "
+          f"p50 {nginx_one[0]:.3f} ms p99 {nginx_one[1]:.3f} ms; through the proxy "
           f"p50 {proxy_one[0]:.3f} ms p99 {proxy_one[1]:.3f} ms")
     print(f"{WAITERS} readers waiting on a position: proxy CPU {cpu_ms:.1f} ms/s, against {idle_ms:.1f} ms/s for "
           f"{WAITERS} idle keep-alive connections (the HTTP layer's timeout sweep); all {answered} answered "
           f"{release_s * 1000:.0f} ms after the position moved")
-    print(f"direct_rps={direct_rps:.0f} proxy_rps={proxy_rps:.0f} rps_ratio={ratio:.3f} "
+    print(f"direct_rps={direct_rps:.0f} nginx_rps={nginx_rps:.0f} proxy_rps={proxy_rps:.0f} "
+          f"vs_nginx={proxy_rps / nginx_rps:.3f} nginx_vs_direct={nginx_rps / direct_rps:.3f} rps_ratio={ratio:.3f} "
+          f"nginx_added_p50_ms_unloaded={nginx_one[0] - direct_one[0]:.3f} "
           f"added_p99_ms={proxy_p99 - direct_p99:.2f} added_p99_ms_unloaded={proxy_one[1] - direct_one[1]:.3f} "
           f"added_p50_ms_unloaded={proxy_one[0] - direct_one[0]:.3f} waiters={WAITERS} "
           f"waiting_cpu_ms_per_s={cpu_ms:.2f} "

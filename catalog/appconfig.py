@@ -16,6 +16,16 @@ from typing import Any, Literal
 from catalog.errors import ConfigError
 
 ConcurrencyType = Literal["connections", "requests"]
+RestartKind = Literal["always", "on-failure", "no"]
+#: Fly's spellings: "on-fail" is flyctl's name for the Machines API's "on-failure"; "never" is accepted for "no".
+_RESTART_ALIASES: dict[str, RestartKind] = {
+    "always": "always", "on-failure": "on-failure", "on-fail": "on-failure", "no": "no", "never": "no",
+}
+#: Fly's default when a machine's config has no restart policy: "on-fail (or on-failure for the Machines API) is the
+#: default when there's no explicit restart policy in a Machine's config, such as Machines created by fly launch and
+#: fly deploy"; on-fail "tries up to 10 times to automatically restart the Machine if it exits with a non-zero exit
+#: code, before letting it stop" (https://fly.io/docs/machines/guides-examples/machine-restart-policy/).
+DEFAULT_RESTART_RETRIES = 10
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -60,6 +70,18 @@ class TcpCheck:
 
 
 @dataclass(frozen=True)
+class RestartPolicy:
+    """One `[[restart]]` entry: what the host agent does when a machine's main process exits."""
+
+    policy: RestartKind = "on-failure"
+    retries: int = DEFAULT_RESTART_RETRIES  # restarts allowed by "on-failure" before the machine is left stopped
+    processes: tuple[str, ...] = ()  # the process groups it applies to; empty: every group
+
+
+DEFAULT_RESTART = RestartPolicy()
+
+
+@dataclass(frozen=True)
 class Service:
     """One service of the app: `[http_service]`, or an entry of `[[services]]`."""
 
@@ -83,6 +105,7 @@ class AppConfig:
     env: tuple[tuple[str, str], ...] = ()
     processes: tuple[tuple[str, str], ...] = ()
     services: tuple[Service, ...] = ()
+    restarts: tuple[RestartPolicy, ...] = ()
     #: The TOML document it came from, kept so the catalog can store and reload it unchanged.
     doc: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -93,6 +116,11 @@ class AppConfig:
 
     def command_for(self, group: str) -> str | None:
         return dict(self.processes).get(group)
+
+    def restart_for(self, group: str) -> RestartPolicy:
+        """The `[[restart]]` entry naming `group`, else one naming no group, else Fly's default."""
+        named = next((r for r in self.restarts if group in r.processes), None)
+        return named or next((r for r in self.restarts if not r.processes), DEFAULT_RESTART)
 
 
 class _Table:
@@ -279,6 +307,33 @@ def _service(table: _Table) -> Service:
     return service
 
 
+def _restart(table: _Table) -> RestartPolicy:
+    raw = table.str_("policy", "on-failure")
+    policy = _RESTART_ALIASES.get(raw)
+    if policy is None:
+        raise ConfigError(f"{table.key('policy')}: must be \"always\", \"on-failure\" or \"no\", got {raw!r}")
+    retries = table.int_("retries", DEFAULT_RESTART_RETRIES, 0, 1_000_000)
+    assert retries is not None
+    processes = table.strings("processes")
+    table.done()
+    return RestartPolicy(policy, retries, processes)
+
+
+def _restarts(top: _Table, groups: tuple[str, ...]) -> tuple[RestartPolicy, ...]:
+    tables = top.tables("restart")
+    entries = tuple(_restart(t) for t in tables)
+    seen: set[str] = set()
+    for table, entry in zip(tables, entries, strict=True):
+        for group in entry.processes or ("",):
+            if groups and group and group not in groups:
+                raise ConfigError(f"{table.key('processes')}: no process group {group!r} in [processes]")
+            if group in seen:
+                which = f"process group {group!r}" if group else "every process group (no processes list)"
+                raise ConfigError(f"{table.key('processes')}: a second restart policy for {which}")
+            seen.add(group)
+    return entries
+
+
 _IGNORED_TOP = ("kill_signal", "kill_timeout", "build", "deploy", "mounts", "experimental", "vm", "metrics")
 
 
@@ -292,6 +347,8 @@ def from_doc(doc: Mapping[str, Any]) -> AppConfig:
     services.extend(_service(t) for t in top.tables("services"))
     for key in _IGNORED_TOP:
         top.get(key)
+    processes = top.string_map("processes")
+    restarts = _restarts(top, tuple(name for name, _ in processes))
     hostnames = top.strings("hostnames")
     for name in hostnames:
         if not re.fullmatch(r"[a-z0-9.-]+", name.lower()):
@@ -301,8 +358,9 @@ def from_doc(doc: Mapping[str, Any]) -> AppConfig:
         primary_region=top.str_("primary_region"),
         hostnames=tuple(h.lower() for h in hostnames),
         env=top.string_map("env"),
-        processes=top.string_map("processes"),
+        processes=processes,
         services=tuple(services),
+        restarts=restarts,
         doc=dict(doc),
     )
     top.done()

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 from litefs_proxy.config import ProxyConfig
 from litefs_proxy.globs import any_match
-from litefs_proxy.mountfiles import Pos, Role
+from litefs_proxy.mountfiles import NO_PRIMARY_LAG_MS, Pos, Role
 
 HEALTH_PATH = "/litefs/health"
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -81,8 +81,13 @@ def read_wait(client_txid: int, pos: Pos | None) -> int:
 
 
 def health_ok(lag_ms: int | None, max_lag: float) -> bool:
-    """`max-lag = 0` disables the check; otherwise healthy while lag <= max-lag (LiteFS: lag > MaxLag fails)."""
-    if max_lag <= 0 or lag_ms is None:
+    """`max-lag = 0` disables the check; otherwise healthy while lag <= max-lag (LiteFS: lag > MaxLag fails).
+
+    `.lag` reads `+2147483647` while LiteFS's primary timestamp is -1 (a replica before its first sync, a
+    candidate before it holds the lease, no primary known): LiteFS's `Store.Lag()` reports 0 then (store.go:
+    1652-1658), so health stays 200 through deploys and elections.
+    """
+    if max_lag <= 0 or lag_ms is None or lag_ms == NO_PRIMARY_LAG_MS:
         return True
     return lag_ms <= max_lag * 1000
 

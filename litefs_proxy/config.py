@@ -1,8 +1,10 @@
 """The proxy's config: LiteFS's `proxy` section (YAML or TOML), plus sixpn's extensions, as frozen dataclasses.
 
 A real `litefs.yml` loads unchanged: its other top-level sections (`fuse`, `data`, `lease`, `exec`...) are
-accepted, `fuse.dir` gives the mount, and `${VAR}` is expanded from the environment before parsing, as
-LiteFS does. Unknown keys inside `proxy` (and unknown top-level sections) are refused with the key's path.
+accepted, `fuse.dir` gives the mount, `http.addr` LiteFS's API, and the whole text is expanded from the
+environment before parsing as LiteFS does (`expand_env`: Go's `os.Expand` plus LiteFS's `${A == "x"}`
+expressions). Unknown keys inside `proxy` (and unknown top-level sections) are refused with the key's path. A
+config without `proxy.target` has no proxy (`Config.proxy` is None), as LiteFS skips its proxy then.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from litefs_proxy.globs import Glob, compile_glob
 Mode = Literal["replay", "forward", "primary-region"]
 Role = Literal["primary", "replica"]
 
+PROXY_KEYS = frozenset({
+    "addr", "target", "db", "passthrough", "always-forward", "max-lag", "primary-redirect-timeout", "read-timeout",
+    "read-header-timeout", "write-timeout", "idle-timeout", "debug", "mode", "forward-target", "txid-timeout",
+    "cookie-expiry", "connect-retry", "poll-interval", "watch", "primary-region", "region", "rw-window", "litefs-url",
+})
 # Sections of a LiteFS config this proxy has no use for but must not choke on.
 LITEFS_SECTIONS = frozenset({
     "data", "http", "lease", "exec", "log", "tracing", "backup", "exit-on-error", "skip-sync", "strict-verify",
@@ -31,7 +38,12 @@ LITEFS_SECTIONS = frozenset({
 })
 _GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# LiteFS's expressions inside ${...} (cmd/litefs/config.go:266-270); Go's RE2 \w and \s, spelled out.
+_EXPR_SQ = re.compile(r"([0-9A-Za-z_]+)[\t\n\f\r ]*(==|!=)[\t\n\f\r ]*'(.*)'")
+_EXPR_DQ = re.compile(r'([0-9A-Za-z_]+)[\t\n\f\r ]*(==|!=)[\t\n\f\r ]*"(.*)"')
+_EXPR_VAR = re.compile(r"([0-9A-Za-z_]+)[\t\n\f\r ]*(==|!=)[\t\n\f\r ]*([0-9A-Za-z_]+)")
+_SHELL_SPECIAL = frozenset("*#$@!?-0123456789")
+_LITEFS_API_ADDR = ":20202"  # LiteFS's http.addr default (http/server.go:34)
 
 
 @dataclass(frozen=True)
@@ -63,12 +75,14 @@ class ProxyConfig:
     txid_timeout: float = 5.0
     cookie_expiry: float = 300.0
     connect_retry: float = 30.0
-    poll_interval: float = 0.1
+    poll_interval: float = 0.001  # LiteFS's PollTXIDInterval (http/proxy_server.go:24)
     watch: Literal["auto", "poll"] = "auto"
     primary_region: str = ""
     region: str = ""
     rw_window: float = 5.0
     litefs_url: str = ""  # LiteFS's HTTP API (e.g. http://localhost:20202): its /events wake waiters
+    # litefs_url came from the config's `http.addr` (not `proxy.litefs-url`): used only where inotify is blind
+    litefs_url_auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class ReplicatorConfig:
     """sixpn's LiteFS stand-in (section `replicator`): who writes `.primary`, `<db>-pos` and `.lag`."""
 
     role: Role
+    db: str = ""
     addr: Endpoint | None = None
     primary_url: str = ""
     hostname: str = ""
@@ -84,7 +99,7 @@ class ReplicatorConfig:
 
 @dataclass(frozen=True)
 class Config:
-    proxy: ProxyConfig
+    proxy: ProxyConfig | None  # None: no `proxy.target`, the proxy is skipped (LiteFS: mount_linux.go:520-524)
     mount: Path | None = None
     replicator: ReplicatorConfig | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -125,22 +140,76 @@ def parse_endpoint(value: object, key: str, *, default_host: str = "") -> Endpoi
 
 
 def expand_env(text: str, env: Mapping[str, str]) -> str:
-    """`${VAR}` -> its value ("" when unset), as LiteFS expands its config file before parsing."""
-    return _ENV.sub(lambda m: env.get(m.group(1), ""), text)
+    """LiteFS's ExpandEnv (cmd/litefs/config.go:237-264): Go's `os.Expand` over the whole text, where each
+    name, trimmed, may be `A == "x"`, `A != 'x'` or `A == B` (-> `true`/`false`), else an environment variable
+    ("" when unset). `$NAME` and `${NAME}` both expand; `$$`, `$1`... are Go's special names (unset: "");
+    `${}` and an unclosed `${` are eaten; a `$` followed by nothing name-like stays."""
+    out: list[str] = []
+    i = 0
+    j = 0
+    n = len(text)
+    while j < n:
+        if text[j] == "$" and j + 1 < n:
+            out.append(text[i:j])
+            name, width = _shell_name(text, j + 1)
+            if name:
+                out.append(_lookup(name, env))
+            elif width == 0:
+                out.append("$")
+            j += width
+            i = j + 1
+        j += 1
+    if not out:
+        return text
+    out.append(text[i:])
+    return "".join(out)
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+def _shell_name(s: str, start: int) -> tuple[str, int]:
+    """Go's os.getShellName: the name at s[start:] and how many bytes it took."""
+    if s[start] == "{":
+        if len(s) - start > 2 and s[start + 1] in _SHELL_SPECIAL and s[start + 2] == "}":
+            return s[start + 1], 3
+        close = s.find("}", start + 1)
+        if close == -1:
+            return "", 1  # bad syntax: eat "${"
+        if close == start + 1:
+            return "", 2  # bad syntax: eat "${}"
+        return s[start + 1:close], close - start + 1
+    if s[start] in _SHELL_SPECIAL:
+        return s[start], 1
+    k = start
+    while k < len(s) and (s[k] == "_" or (s[k].isascii() and s[k].isalnum())):
+        k += 1
+    return s[start:k], k - start
+
+
+def _lookup(name: str, env: Mapping[str, str]) -> str:
+    name = name.strip()
+    for expr, literal in ((_EXPR_SQ, True), (_EXPR_DQ, True), (_EXPR_VAR, False)):
+        m = expr.fullmatch(name)
+        if m is not None:
+            left = env.get(m.group(1), "")
+            right = m.group(3) if literal else env.get(m.group(3), "")
+            return "true" if (left == right) == (m.group(2) == "==") else "false"
+    return env.get(name, "")
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None, *, expand: bool = True) -> Config:
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from exc
-    return parse_config(text, toml=path.suffix == ".toml", env=os.environ if env is None else env, name=str(path))
+    return parse_config(text, toml=path.suffix == ".toml", env=os.environ if env is None else env, name=str(path),
+                        expand=expand)
 
 
 def parse_config(text: str, *, toml: bool = False, env: Mapping[str, str] | None = None,
-                 name: str = "config") -> Config:
+                 name: str = "config", expand: bool = True) -> Config:
+    """`expand=False` is LiteFS's `-no-expand-env`."""
     env = {} if env is None else env
-    text = expand_env(text, env)
+    if expand:
+        text = expand_env(text, env)
     try:
         doc = tomllib.loads(text) if toml else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
@@ -151,14 +220,34 @@ def parse_config(text: str, *, toml: bool = False, env: Mapping[str, str] | None
     for key in doc:
         if key not in ("proxy", "fuse", "replicator") and key not in LITEFS_SECTIONS:
             raise ConfigError(f"{key}: unknown section")
-    if "proxy" not in doc:
-        raise ConfigError("proxy: missing section")
-    proxy = _proxy(_Table(doc["proxy"], "proxy"), env)
+    api = _api_url(doc.get("http"))
+    section = _Table(doc.get("proxy"), "proxy")
+    proxy = None
+    if section.data.get("target") or section.data.get("mode") == "primary-region":
+        proxy = _proxy(section, env, api)
+    else:
+        section.used.update(PROXY_KEYS)
+        section.done()  # skipped, but a misspelt key is still an error (LiteFS: yaml KnownFields)
     mount = _mount(doc.get("fuse"))
-    replicator = _replicator(_Table(doc["replicator"], "replicator"), env) if "replicator" in doc else None
-    if mount is None and proxy.mode != "primary-region":
+    replicator = None
+    if "replicator" in doc:
+        replicator = _replicator(_Table(doc["replicator"], "replicator"), env, proxy.db if proxy else "")
+    if mount is None and (replicator is not None or (proxy is not None and proxy.mode != "primary-region")):
         raise ConfigError("fuse.dir: required (the LiteFS mount holding .primary and <db>-pos)")
     return Config(proxy=proxy, mount=mount, replicator=replicator)
+
+
+def _api_url(http: object) -> str:
+    """LiteFS's HTTP API from the `http` section (`addr`, default ":20202"), as a URL on this host."""
+    addr: object = _LITEFS_API_ADDR
+    if isinstance(http, dict) and http.get("addr"):
+        addr = http["addr"]
+    try:
+        endpoint = parse_endpoint(addr, "http.addr")
+    except ConfigError:
+        return ""
+    host = endpoint.host if endpoint.host not in ("", "0.0.0.0", "::") else "localhost"
+    return f"http://{Endpoint(host, endpoint.port)}"
 
 
 class _Table:
@@ -216,7 +305,7 @@ class _Table:
             raise ConfigError(f"{self.key(unknown[0])}: unknown key")
 
 
-def _proxy(t: _Table, env: Mapping[str, str]) -> ProxyConfig:
+def _proxy(t: _Table, env: Mapping[str, str], api: str) -> ProxyConfig:
     addr = parse_endpoint(t.required("addr"), t.key("addr"))
     target = parse_endpoint(t.required("target"), t.key("target"), default_host="localhost")
     mode = t.choice("mode", ("replay", "forward", "primary-region"), "replay")
@@ -251,7 +340,8 @@ def _proxy(t: _Table, env: Mapping[str, str]) -> ProxyConfig:
         primary_region=t.string("primary-region", env.get("PRIMARY_REGION", "")),
         region=t.string("region", env.get("FLY_REGION", "")),
         rw_window=t.duration("rw-window", 5.0),
-        litefs_url=t.string("litefs-url").rstrip("/"),
+        litefs_url=t.string("litefs-url").rstrip("/") or api,
+        litefs_url_auto=not t.string("litefs-url"),
     )
     t.done()
     if cfg.mode == "primary-region" and not (cfg.primary_region and cfg.region):
@@ -280,7 +370,7 @@ def default_hostname(env: Mapping[str, str]) -> str:
     return env.get("FLY_MACHINE_ID") or env.get("HOSTNAME") or socket.gethostname()
 
 
-def _replicator(t: _Table, env: Mapping[str, str]) -> ReplicatorConfig:
+def _replicator(t: _Table, env: Mapping[str, str], db: str) -> ReplicatorConfig:
     if not t.data.get("role"):
         raise ConfigError(f"{t.key('role')}: required (primary, replica or auto)")
     role = t.choice("role", ("primary", "replica", "auto"), "primary")
@@ -295,8 +385,12 @@ def _replicator(t: _Table, env: Mapping[str, str]) -> ReplicatorConfig:
         raise ConfigError(f"{t.key('primary-url')}: required on a replica (e.g. http://primary:20202)")
     if role == "primary" and addr is None:
         raise ConfigError(f"{t.key('addr')}: required on the primary (e.g. \":20202\")")
+    db = t.string("db", db)
+    if not db or "/" in db:
+        raise ConfigError(f"{t.key('db')}: required without a proxy (a database name inside the mount)")
     cfg = ReplicatorConfig(
         role=role,  # type: ignore[arg-type]
+        db=db,
         addr=addr, primary_url=primary_url.rstrip("/"),
         hostname=t.string("hostname") or default_hostname(env),
         lag_interval=t.duration("lag-interval", 0.5),

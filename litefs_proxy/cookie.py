@@ -32,16 +32,17 @@ def _valid_cookie_value(value: str) -> bool:
 
 
 def cookie_value(cookie_headers: list[str], name: str = TXID_COOKIE) -> str | None:
-    """The first value of cookie `name` across the request's Cookie headers, as Go's r.Cookie finds it."""
+    """The first value of cookie `name` across the request's Cookie headers, as Go 1.21's r.Cookie finds it
+    (net/http cookie.go readCookies): parts split on `;` and trimmed, the name trimmed, the value taken as is
+    (`__txid` alone is a cookie with the value ""; `__txid= 1` has the value " 1"), quotes stripped."""
     for line in cookie_headers:
         for part in line.split(";"):
             part = part.strip(" \t")
             if not part:
                 continue
-            key, eq, value = part.partition("=")
-            if not eq or key.strip(" \t") != name:
+            key, _, value = part.partition("=")
+            if key.strip(" \t") != name:
                 continue
-            value = value.strip(" \t")
             if len(value) > 1 and value[0] == value[-1] == '"':
                 value = value[1:-1]
             if _valid_cookie_value(value):

@@ -2,8 +2,10 @@
 driven by the pure decisions of `classify`, with the mount watched by one shared `MountWatcher`.
 
 Responses the proxy makes itself are LiteFS's (Go's `http.Error`): `text/plain; charset=utf-8`,
-`X-Content-Type-Options: nosniff`, the message plus a newline. Everything else streams through unchanged,
-one client write per upstream chunk, so server-sent events arrive one by one.
+`X-Content-Type-Options: nosniff`, the message plus a newline. Everything else streams through, one client
+write per upstream chunk, so server-sent events arrive one by one; header names both ways take Go's canonical
+form and a response without `Date` gets one, as LiteFS's Go server does. The front end is Go-like
+(`frontend.GoServerConnection`).
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from edge_proxy.http1 import (
     Timeouts,
     UpstreamConnection,
     UpstreamPool,
+    connection_tokens,
     forward,
     get_all,
     strip_hop_by_hop,
 )
 from edge_proxy.http1.client import Key
+from edge_proxy.http1.forward import FRAMING, REQUEST_OWN
+from edge_proxy.http1.head import HOP_BY_HOP
 from litefs_proxy.classify import (
     RW_COOKIE,
     Kind,
@@ -51,6 +56,7 @@ from litefs_proxy.config import Endpoint, ProxyConfig, parse_endpoint
 from litefs_proxy.cookie import cookie_value, request_txid, set_cookie
 from litefs_proxy.errors import ConfigError, MountError
 from litefs_proxy.events import Event, EventsClient
+from litefs_proxy.frontend import GoServerConnection, canonical, go_limits
 from litefs_proxy.mountfiles import read_lag
 from litefs_proxy.watcher import MountWatcher
 
@@ -62,6 +68,13 @@ FORWARDED_HEADER = b"litefs-proxy-forwarded"
 #: connection can stay open, as Go's server does; a larger one closes the connection instead.
 DISCARD_LIMIT = 256 * 1024
 RETRY_STEP = 0.1  # LiteFS's dialContextWithRetry sleeps 100 ms between refused connects
+#: Response fields edge_proxy's forwarder drops or sets itself: left lower-case so it still recognizes them.
+_FORWARDER_OWN = HOP_BY_HOP | FRAMING
+#: LiteFS's transport (http/proxy_server.go:115-126): no cap on connections to the target (MaxConnsPerHost
+#: unset; the host's file limit is the bound), 100 idle ones kept (MaxIdleConns) for 90 s (IdleConnTimeout).
+TARGET_MAX_CONNS = 1 << 30
+TARGET_MAX_IDLE = 100
+TARGET_IDLE_TIMEOUT = 90.0
 
 
 def _refused(exc: UpstreamError) -> bool:
@@ -95,12 +108,31 @@ class BootRetryPool(UpstreamPool):
 def go_error(ex: Exchange, status: int, message: str, extra: Headers | None = None) -> None:
     """Go's `http.Error(w, message, status)` as LiteFS sends it."""
     headers: Headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"X-Content-Type-Options", b"nosniff"),
-                        (b"Date", _date()), *(extra or [])]
-    ex.respond(status, headers, message.encode() + b"\n")
+                        *(extra or [])]
+    respond(ex, status, headers, message.encode() + b"\n")
+
+
+def respond(ex: Exchange, status: int, headers: Headers, body: bytes = b"") -> None:
+    """A whole response with Go's field spelling (`Date`, `Content-Length`)."""
+    out = [*headers, (b"Date", _date()), (b"Content-Length", str(len(body)).encode())]
+    ex.start(status, out, length=None, no_body=True, defer=True)
+    if body and ex.head.method != b"HEAD":
+        ex.write(body)
+    ex.end()
+
+
+class _Date:
+    """Go's http.TimeFormat date, formatted once a second."""
+
+    second = -1
+    value = b""
 
 
 def _date() -> bytes:
-    return formatdate(usegmt=True).encode()
+    now = int(time.time())
+    if _Date.second != now:
+        _Date.second, _Date.value = now, formatdate(now, usegmt=True).encode()
+    return _Date.value
 
 
 class LitefsProxy:
@@ -118,15 +150,12 @@ class LitefsProxy:
         self.hostname = hostname
         self.watcher = MountWatcher(mount, cfg.db, poll_interval=cfg.poll_interval,
                                     inotify=cfg.watch == "auto") if mount is not None else None
-        self.pool = BootRetryPool(cfg.connect_retry, max_per_key=1024, max_idle_per_key=256,
-                                  idle_timeout=max(cfg.idle_timeout, 1.0))
-        self.limits = ServerLimits(header_timeout=cfg.read_header_timeout or 3600.0,
-                                   idle_timeout=cfg.idle_timeout or 3600.0)
+        self.pool = BootRetryPool(cfg.connect_retry, max_per_key=TARGET_MAX_CONNS, max_idle_per_key=TARGET_MAX_IDLE,
+                                  idle_timeout=TARGET_IDLE_TIMEOUT)
+        self.limits: ServerLimits = go_limits(cfg.read_header_timeout, cfg.idle_timeout, cfg.read_timeout)
         self.timeouts = Timeouts(connect=30.0, first_byte=24 * 3600.0)  # LiteFS has no first-byte limit
         self.target: Key = (cfg.target.host, cfg.target.port)
         self.events: EventsClient | None = None
-        if cfg.litefs_url and self.watcher is not None:
-            self.events = EventsClient(cfg.litefs_url, self._on_event)
         self._servers: list[asyncio.Server] = []
         self._conns: set[ServerConnection] = set()
         self.port = 0
@@ -137,8 +166,11 @@ class LitefsProxy:
         loop = asyncio.get_running_loop()
         if self.watcher is not None:
             self.watcher.start()
-        if self.events is not None:
-            self.events.start()
+            # LiteFS's /events: always when configured (`litefs-url`); from the config's `http.addr` only where
+            # inotify cannot see the mount change (FUSE, or `watch: poll`).
+            if self.cfg.litefs_url and (not self.cfg.litefs_url_auto or not self.watcher.notify_reliable):
+                self.events = EventsClient(self.cfg.litefs_url, self._on_event)
+                self.events.start()
         addr = self.cfg.addr
         server = await loop.create_server(self._protocol, addr.host or None, addr.port, reuse_address=True)
         self._servers.append(server)
@@ -156,7 +188,7 @@ class LitefsProxy:
             self.watcher.poke()
 
     def _protocol(self) -> ServerConnection:
-        return ServerConnection(self.handle, self.limits, on_open=self._conns.add, on_close=self._conns.discard)
+        return GoServerConnection(self.handle, self.limits, on_open=self._conns.add, on_close=self._conns.discard)
 
     async def close(self) -> None:
         for server in self._servers:
@@ -229,7 +261,7 @@ class LitefsProxy:
             except MountError as exc:
                 log.warning("%s", exc)
         if health_ok(lag, self.cfg.max_lag):
-            ex.respond(200, [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Date", _date())], b"OK\n")
+            respond(ex, 200, [(b"Content-Type", b"text/plain; charset=utf-8")], b"OK\n")
         else:
             go_error(ex, 503, "Replication lag exceeded")
 
@@ -249,14 +281,16 @@ class LitefsProxy:
         role, primary = self.watcher.role()
         if role == "unknown":
             role, primary = await self.watcher.wait_role(self.cfg.primary_redirect_timeout)
-        if ex.head.header(FORWARDED_HEADER) is not None and role != "primary":
+        if self.cfg.mode == "forward" and ex.head.header(FORWARDED_HEADER) is not None and role != "primary":
             # Forwarded by a replica that thought we were the primary: never forward a write twice.
+            await self._discard_body(ex)
             go_error(ex, 503, "Proxy error: no primary available")
             return
         action = decide_write(role, self.cfg.mode)
         if action is WriteAction.LOCAL:
             await self._to_target(ex, cookie=route.cookie)
         elif action is WriteAction.WAIT or primary is None:
+            await self._discard_body(ex)
             go_error(ex, 503, "Proxy error: no primary available")
         elif action is WriteAction.REPLAY:
             await self._replay(ex, b"instance=" + primary.encode())
@@ -266,11 +300,16 @@ class LitefsProxy:
     async def _replay(self, ex: Exchange, value: bytes) -> None:
         """Answer with only `fly-replay` (status 200, empty body, as LiteFS's handler leaves it)."""
         await self._discard_body(ex)
-        ex.respond(200, [(b"Fly-Replay", value), (b"Date", _date())])
+        respond(ex, 200, [(b"Fly-Replay", value)])
 
     async def _discard_body(self, ex: Exchange) -> None:
+        """Go's server after a handler that did not read the body: up to 256 KiB is read and dropped so the
+        connection can be kept; more, or a 100-continue body never asked for, closes it (`Connection: close`)."""
         head = ex.head
-        if not head.has_body or head.expect_continue:
+        if not head.has_body:
+            return
+        if head.expect_continue and not ex.body.received:
+            ex.close_after = True
             return
         if head.framing == "length" and head.content_length > DISCARD_LIMIT:
             ex.close_after = True
@@ -289,21 +328,46 @@ class LitefsProxy:
         except ConfigError:
             go_error(ex, 502, f"Proxy error: invalid primary address {address!r}")
             return
-        headers = [*strip_hop_by_hop(ex.head.headers), (FORWARDED_HEADER, (self.hostname or "replica").encode())]
-        await self._forward(ex, (endpoint.host, endpoint.port), headers, lambda head: True)
+        headers = [*self._request_headers(ex), (FORWARDED_HEADER, (self.hostname or "replica").encode())]
+        await self._forward(ex, (endpoint.host, endpoint.port), headers, self._go_head)
 
     async def _to_target(self, ex: Exchange, *, cookie: bool, extra_cookie: str = "") -> None:
         def on_head(head: ResponseHead) -> bool:
+            self._go_head(head)
             if cookie:
                 value = self._position_cookie()
                 if value:
-                    head.headers.insert(0, (b"set-cookie", value.encode()))
+                    head.headers.insert(0, (b"Set-Cookie", value.encode()))
             if extra_cookie:
-                head.headers.insert(0, (b"set-cookie", extra_cookie.encode()))
+                head.headers.insert(0, (b"Set-Cookie", extra_cookie.encode()))
             return True
 
-        headers = [(k, v) for k, v in strip_hop_by_hop(ex.head.headers) if k != FORWARDED_HEADER]
-        await self._forward(ex, self.target, headers, on_head)
+        await self._forward(ex, self.target, self._request_headers(ex), on_head)
+
+    def _request_headers(self, ex: Exchange) -> Headers:
+        """The client's fields for the app: hop-by-hop and framing dropped (the forwarder frames), names in
+        Go's canonical form (LiteFS's server parses them so and its transport writes them so)."""
+        marker = self.cfg.mode == "forward"  # the loop-guard marker is ours only in forward mode
+        return [(canonical(k), v) for k, v in strip_hop_by_hop(ex.head.headers)
+                if k not in REQUEST_OWN and not (marker and k == FORWARDED_HEADER)]
+
+    @staticmethod
+    def _go_head(head: ResponseHead) -> bool:
+        """The app's response head as LiteFS's Go server passes it on: canonical names (those the forwarder
+        drops or sets stay as they are, so it still knows them) and a `Date` when the app sent none."""
+        named = connection_tokens(head.headers)
+        own = _FORWARDER_OWN | named if named else _FORWARDER_OWN
+        has_date = False
+        out: Headers = []
+        for k, v in head.headers:
+            if k not in own:
+                k = canonical(k)
+                has_date = has_date or k == b"Date"
+            out.append((k, v))
+        if not has_date:
+            out.append((b"Date", _date()))
+        head.headers = out
+        return True
 
     def _position_cookie(self) -> str:
         """LiteFS sets the cookie from the position once the response headers arrived (after the commit)."""

@@ -30,7 +30,7 @@ def raise_fd_limit() -> None:
 async def run(config: Config, *, mount: Path | None = None, exec_cmd: str | None = None, proxy: bool = True,
               stop: asyncio.Event | None = None, on_ready: Callable[[LitefsProxy | None], None] | None = None) -> int:
     mount = mount or config.mount
-    if mount is None and config.proxy.mode != "primary-region":
+    if mount is None and config.proxy is not None and config.proxy.mode != "primary-region":
         raise ConfigError("fuse.dir: required (or --mount)")
     raise_fd_limit()
     stop = stop or asyncio.Event()
@@ -49,10 +49,10 @@ async def run(config: Config, *, mount: Path | None = None, exec_cmd: str | None
     rep = config.replicator
     if rep is not None and mount is not None:
         if rep.role == "primary":
-            primary = PrimaryReplicator(mount, config.proxy.db, rep.hostname, rep.addr)
+            primary = PrimaryReplicator(mount, rep.db, rep.hostname, rep.addr)
             await primary.start()
         else:
-            replica = ReplicaReplicator(mount, config.proxy.db, rep.primary_url, lag_interval=rep.lag_interval,
+            replica = ReplicaReplicator(mount, rep.db, rep.primary_url, lag_interval=rep.lag_interval,
                                         addr=rep.addr)
             await replica.start()
     child: asyncio.subprocess.Process | None = None
@@ -64,11 +64,13 @@ async def run(config: Config, *, mount: Path | None = None, exec_cmd: str | None
             child = await asyncio.create_subprocess_shell(exec_cmd)
             waiter = loop.create_task(child.wait())
             waiter.add_done_callback(lambda _t: stop.set())
-        if proxy:
+        if proxy and config.proxy is not None:
             hostname = rep.hostname if rep is not None else ""
             server = LitefsProxy(config.proxy, mount, before_cookie=primary.sync if primary else None,
                                  hostname=hostname)
             await server.start()
+        elif proxy:
+            log.info("no proxy target set, skipping proxy")  # LiteFS's words (cmd/litefs/mount_linux.go:522)
         if on_ready is not None:
             on_ready(server)
         await stop.wait()

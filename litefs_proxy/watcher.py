@@ -190,7 +190,7 @@ class MountWatcher:
         if self.poll_interval <= 0 or self.notify_reliable:
             return
         if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll(max(self.poll_interval, 0.01)))
+            self._poller = asyncio.get_running_loop().create_task(self._poll(max(self.poll_interval, 0.001)))
 
     async def _poll(self, interval: float) -> None:
         while (self._pos_waiters or self._role_waiters) and not self.notify_reliable:

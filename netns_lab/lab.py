@@ -7,7 +7,7 @@
 
 The run directory `/run/sixpn-lab/<id>/` holds `lab.json` (the topology), `state/` (the lab's catalog),
 `logs/`, `keys/`, `services/` (the supervisor's desired state), `pids/`, `status.json`, `delay.json`,
-`cut.json`.
+`cut.json`, `agents/<worker>/` (each host agent's run dir) and `share/` (a directory every machine sees read-write).
 """
 
 from __future__ import annotations
@@ -120,6 +120,11 @@ class Lab:
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"
 
+    @property
+    def share_dir(self) -> Path:
+        """Seen read-write, at the same path, by every machine's app (the lab's stand-in for a volume)."""
+        return self.run_dir / "share"
+
     def catalog(self) -> Catalog:
         """The catalog as the operator's CLI opens it: writes through NATS with the replicated catalog."""
         if self.replicated:
@@ -158,6 +163,14 @@ class Lab:
         if not self.replicated:
             env["SIXPN_STATE"] = str(self.state_dir)
         return env
+
+    def machine_record(self, machine_id: str) -> dict[str, Any] | None:
+        """The host agent's state file of a running machine (pid, start time, uid, environment)."""
+        for path in self.run_dir.glob(f"agents/*/machines/{machine_id}.json"):
+            with contextlib.suppress(OSError, ValueError):
+                doc: dict[str, Any] = json.loads(path.read_text())
+                return doc
+        return None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -426,16 +439,39 @@ class Lab:
         raise LabStateError(f"no node or machine {name!r} in lab {self.lab_id}")
 
     def exec_argv(self, name: str, argv: Sequence[str]) -> list[str]:
-        """`ip netns exec NS ARGV`; in a machine, with the machine's environment (FLY_*), as its app has."""
+        """`ip netns exec NS ARGV`: the operator's view (root, the host's files) of a node's or a machine's network
+        namespace; in a machine, with the machine's environment (FLY_*). `app_exec_argv` runs as the app does."""
         ns = self.netns_of(name)
         env: list[str] = []
         if ns == self.plan.machine_ns(name):
-            for folder in ("services", "stopped"):
-                with contextlib.suppress(OSError, ValueError):
-                    doc = json.loads((self.run_dir / folder / f"m-{name}.json").read_text())
-                    env = ["env", *(f"{k}={v}" for k, v in sorted(doc.get("env", {}).items()))]
-                    break
+            doc = self.machine_record(name)
+            if doc is not None:
+                env = ["env", *(f"{k}={v}" for k, v in sorted(doc.get("env", {}).items()))]
         return ["ip", "netns", "exec", ns, *env, *argv]
+
+    def app_exec_argv(self, machine_id: str, argv: Sequence[str]) -> list[str]:
+        """Inside a running machine's sandbox, as its app: its mount, PID, UTS, IPC and network namespaces
+        (`nsenter` into the sandbox's pid 1), its unprivileged uid, no capabilities, its environment."""
+        doc = self.machine_record(machine_id)
+        status = None
+        for path in self.run_dir.glob(f"agents/*/machines/{machine_id}.status"):
+            with contextlib.suppress(OSError):
+                status = path.read_text()
+        inner = None
+        for line in (status or "").splitlines():
+            with contextlib.suppress(ValueError):
+                inner = json.loads(line).get("child-pid", inner)
+        if doc is None or not isinstance(inner, int):
+            raise LabStateError(f"machine {machine_id} is not running in lab {self.lab_id}")
+        uid = str(int(doc["uid"]))
+        env = [f"{k}={v}" for k, v in sorted(doc.get("env", {}).items())]
+        return ["nsenter", "-t", str(inner), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
+                "/usr/bin/setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--bounding-set", "-all",
+                "--inh-caps", "-all", "--no-new-privs", "--", "/usr/bin/env", "-i", *env, *argv]
+
+    def app_exec(self, machine_id: str, argv: Sequence[str],
+                 timeout: float | None = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.app_exec_argv(machine_id, argv), capture_output=True, text=True, timeout=timeout)
 
     def exec(self, name: str, argv: Sequence[str], timeout: float | None = 60.0,
              check: bool = False, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -458,6 +494,9 @@ class Lab:
             return [str(g) for g in json.loads((self.run_dir / "groups.json").read_text())]
         except (OSError, ValueError):
             return []
+
+    def service_running(self, node_name: str, service: str) -> bool:
+        return _running(self.run_dir, f"{self.plan.node(node_name).name}.{service}")
 
     def supervisor_pid(self) -> int | None:
         pid = system.read_pid(self.run_dir / "supervisor.pid")
@@ -490,10 +529,11 @@ class Lab:
             with self.catalog() as cat:
                 state = cat.snapshot()
             for m in sorted(state.machines.values(), key=lambda m: (m.app, m.region, m.id)):
-                proc = svc.get(f"m-{m.id}", {})
+                record = self.machine_record(m.id) or {}
                 machines.append({"id": m.id, "app": m.app, "region": m.region, "host": m.host, "address": m.address,
-                                 "state": m.state, "netns": self.plan.machine_ns(m.id),
-                                 "pid": proc.get("pid"), "last_exit": proc.get("last_exit", "")})
+                                 "desired": m.desired, "state": m.state, "netns": self.plan.machine_ns(m.id),
+                                 "pid": record.get("pid"), "restarts": m.restarts, "exit_code": m.exit_code,
+                                 "health": m.health})
         except CatalogError:
             pass
         return {
@@ -549,6 +589,9 @@ def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None, catalog
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     (run_dir / "keys").mkdir(mode=0o700, exist_ok=True)
     (run_dir / "starting.pid").write_text(f"{os.getpid()}\n")  # `down_orphans` leaves a lab being built alone
+    (run_dir / "agents").mkdir(mode=0o700, exist_ok=True)
+    (run_dir / "share").mkdir(exist_ok=True)
+    os.chmod(run_dir / "share", 0o1777)  # machines' apps run as their own unprivileged uids
     fleet.write_fleet(plan, run_dir, catalog_mode, cluster)
     fleet.write_host_keys(plan, run_dir / "keys")
     (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text, "owner_pid": owner_pid,

@@ -1,11 +1,11 @@
-"""Machines: namespaces joined to their worker, the app's process under the supervisor, catalog rows.
+"""Machines in the lab: desired state written to the catalog, made so by each worker's host agent.
 
-A machine `<mid>` lives in namespace `<lab>-m-<mid>`, joined to its worker by a veth (`m<mid>` on the
-worker, `eth0` in the machine). The worker side carries the /112's `::1` (its connected route is the
-machine's route); the machine has `::2/112` and a default route via `::1`. `/etc/netns/<ns>/resolv.conf`
-points at fdaa::3 and `/etc/netns/<ns>/hosts` maps fly-local-6pn to the 6PN address (`ip netns exec`
-bind-mounts both over /etc). The app's process is supervisor service `m-<mid>` with restart=never: a killed
-app stays dead (the proxy must notice), `stop`/`start` change the catalog state and the process together.
+The lab runs `sixpn host agent --host <worker>` on every worker (services.py); the agent builds a machine's
+namespace, starts its app confined in a sandbox, restarts it per the app's restart policy and reports what it
+does as the machine's observed state. This module only writes what is wanted (`create_machine(desired=...)`,
+`set_machine_desired`, `delete_machine`) and waits, bounded, until the agent reports. It never imports the agent:
+the one thing it reads of it is a machine's state file (`<run>/agents/<host>/machines/<id>.json`: pid, start
+time, uid, environment), to kill an app on purpose or to enter its sandbox.
 """
 
 from __future__ import annotations
@@ -14,26 +14,26 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from catalog import App, CatalogError, Machine, addressing
-from netns_lab import services, system
+from catalog import App, CatalogError, Machine, NotFound
+from netns_lab import system
 from netns_lab.errors import LabError, LabStateError
 from netns_lab.lab import ETC_NETNS, Lab
-from netns_lab.supervisor import Spec
 
-DEFAULT_PORT = 8080
-START_TIMEOUT = 20.0
-GONE_AFTER = 0.5  # seconds a starting machine's process must stay unseen before it counts as exited
+START_TIMEOUT = 30.0  # the agent's own bounded wait for listening is 20 s
+STOP_TIMEOUT = 15.0  # the agent's grace between SIGTERM and SIGKILL is 5 s
+POLL = 0.02
 
 
 @dataclass(frozen=True)
 class ScaleResult:
     added: tuple[Machine, ...]
     removed: tuple[Machine, ...]
-    not_listening: tuple[str, ...] = ()  # started, but nothing listens on the internal port yet
+    not_listening: tuple[str, ...] = ()  # kept for the CLI: the agent reports started only once listening
 
 
 def spread(count: int, regions: list[str]) -> dict[str, int]:
@@ -46,29 +46,20 @@ def spread(count: int, regions: list[str]) -> dict[str, int]:
     return {r: base + (1 if i < extra else 0) for i, r in enumerate(regions)}
 
 
-def internal_port(app: App) -> int:
-    service = app.config.http_service
-    return service.internal_port if service else DEFAULT_PORT
+def agent_record(run_dir: Path, machine_id: str) -> dict[str, Any] | None:
+    """The agent's state file of a started machine, from whichever worker's agent holds it."""
+    for path in run_dir.glob(f"agents/*/machines/{machine_id}.json"):
+        with contextlib.suppress(OSError, ValueError):
+            doc: dict[str, Any] = json.loads(path.read_text())
+            return doc
+    return None
 
 
-def machine_argv(app: App, group: str, port: int) -> tuple[str, ...]:
-    command = app.config.command_for(group) if app.config.processes else None
-    if command:
-        return ("/bin/sh", "-c", command)
-    return (sys.executable, "-m", "netns_lab.sampleapp", "--port", str(port))
-
-
-def machine_env(machine: Machine, app: App, port: int) -> dict[str, str]:
-    return {
-        **dict(app.config.env),
-        "FLY_PRIVATE_IP": machine.address, "FLY_REGION": machine.region, "FLY_APP_NAME": machine.app,
-        "FLY_MACHINE_ID": machine.id, "FLY_PROCESS_GROUP": machine.process_group, "PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def _veth(machine_id: str) -> str:
-    return addressing.machine_link(machine_id)  # the mesh's isolation knows machines by this name
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class Machines:
@@ -101,169 +92,158 @@ class Machines:
                 load[host] += 1
                 to_add.append(host)
         removed = self.remove(to_remove)
-        added, slow = self.add(app, to_add, group)
+        added = self.add(app, to_add, group)
         self.lab.wait_replicas()  # replicated catalog: returns once every host's replica has the machines
-        return ScaleResult(tuple(added), tuple(removed), tuple(slow))
+        return ScaleResult(tuple(added), tuple(removed))
+
+    # -- waiting on the agents ------------------------------------------------------------------
+
+    def _wait(self, ids: list[str], done: Any, what: str, timeout: float) -> dict[str, Machine]:
+        """Poll the catalog until `done(machine)` holds for every id; the rows at that moment."""
+        deadline = time.monotonic() + timeout
+        with self.lab.catalog() as cat:
+            while True:
+                sync = getattr(cat, "sync", None)
+                if sync is not None:
+                    sync()  # the operator's replica (replicated catalog): bring it up to the stream each time
+                rows = {m.id: m for m in cat.snapshot().machines.values() if m.id in ids}
+                pending = [i for i in ids if i not in rows or not done(rows[i])]
+                if not pending:
+                    return rows
+                if time.monotonic() > deadline:
+                    hosts = sorted({rows[i].host for i in pending if i in rows})
+                    logs = ", ".join(str(self.lab.logs_dir / f"{h}.agent.log") for h in hosts)
+                    raise LabError(f"timed out after {timeout:.0f}s waiting for machine(s) {', '.join(pending)} "
+                                   f"to be {what} (see {logs or self.lab.logs_dir})")
+                time.sleep(POLL)
 
     # -- creating -------------------------------------------------------------------------------
 
-    def add(self, app: App, hosts: list[str], group: str = "app") -> tuple[list[Machine], list[str]]:
+    def _check_agents(self, hosts: list[str]) -> None:
+        """Fail at once, not after a timeout, when a worker has no host agent to run its machines."""
+        missing = [h for h in sorted(set(hosts)) if not self.lab.service_running(h, "agent")]
+        if missing:
+            raise LabStateError(f"no host agent runs on {', '.join(missing)} in lab {self.lab.lab_id} (started "
+                                "with --no-services, or stopped with `sixpn lab stop HOST agent`?)")
+
+    def add(self, app: App, hosts: list[str], group: str = "app") -> list[Machine]:
         if not hosts:
-            return [], []
+            return []
+        self._check_agents(hosts)
         with self.lab.catalog() as cat:
-            machines = [cat.create_machine(app.name, host, state="created", process_group=group) for host in hosts]
+            machines = [cat.create_machine(app.name, host, state="created", process_group=group, desired="started")
+                        for host in hosts]
+        ids = [m.id for m in machines]
         try:
-            self._build(machines)
-            port = internal_port(app)
-            for m in machines:
-                spec = Spec(name=f"m-{m.id}", argv=machine_argv(app, group, port), netns=self.lab.plan.machine_ns(m.id),
-                            env=tuple(sorted(machine_env(m, app, port).items())), restart="never", gen=1,
-                            log=str(self.lab.logs_dir / f"{m.id}.app.log"))
-                services.write_spec(self.run_dir, spec)
-            self._wait_pids([m.id for m in machines], present=True)
-            slow = self._wait_listening(machines, port)
-            with self.lab.catalog() as cat:
-                started = [cat.set_machine_state(m.id, "started") for m in machines]
+            rows = self._wait(ids, lambda m: m.state in ("started", "failed"), "started", START_TIMEOUT)
+            failed = [i for i in ids if rows[i].state == "failed"]
+            if failed:
+                logs = ", ".join(str(self.lab.logs_dir / f"{i}.app.log") for i in failed)
+                raise LabError(f"machine(s) {', '.join(failed)} failed to start (see {logs})")
         except BaseException:
             self.remove(machines)
             raise
-        return started, slow
-
-    def _build(self, machines: list[Machine]) -> None:
-        plan = self.lab.plan
-        system.run_batch([f"netns add {plan.machine_ns(m.id)}" for m in machines])
-        by_worker: dict[str, list[str]] = {}
-        inner: list[system.Batch] = []
-        for m in machines:
-            ns = plan.machine_ns(m.id)
-            a = addressing.parse(m.address)
-            gw = addressing.machine_gateway(a.network_id, a.host_id, a.slot_id)
-            by_worker.setdefault(plan.node(m.host).ns, []).extend([
-                f"link add {_veth(m.id)} type veth peer name eth0 netns {ns}",
-                f"addr add {gw}/112 dev {_veth(m.id)} nodad",
-                f"link set {_veth(m.id)} up",
-            ])
-            inner.append(system.Batch(["link set lo up", f"addr add {m.address}/112 dev eth0 nodad",
-                                       "link set eth0 up", f"route add ::/0 via {gw}"], ns))
-            etc = ETC_NETNS / ns
-            etc.mkdir(parents=True, exist_ok=True)
-            (etc / "resolv.conf").write_text(f"nameserver {addressing.DNS_ADDRESS}\n")
-            (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                                       f"{m.address}\tfly-local-6pn\n{m.address}\t{m.id}\n")
-        system.run_batches([system.Batch(lines, ns) for ns, lines in by_worker.items()])
-        system.run_batches(inner)
-
-    # -- waiting --------------------------------------------------------------------------------
-
-    def pid(self, machine_id: str) -> int | None:
-        pid = system.read_pid(self.run_dir / "pids" / f"m-{machine_id}.pid")
-        return pid if pid is not None and system.has_env(pid, f"FLY_MACHINE_ID={machine_id}") else None
-
-    def _wait_pids(self, ids: list[str], present: bool) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while any((self.pid(i) is not None) != present for i in ids):
-            if self.lab.supervisor_pid() is None:
-                raise LabStateError(f"the supervisor of lab {self.lab.lab_id} is not running")
-            if time.monotonic() > deadline:
-                raise LabError(f"timed out waiting for machine processes to {'start' if present else 'stop'}")
-            time.sleep(0.02)
-
-    def _wait_listening(self, machines: list[Machine], port: int) -> list[str]:
-        """Wait (bounded) until each machine's namespace has a TCP listener on `port`; the pid's own
-        /proc/<pid>/net/tcp6 shows its namespace's sockets, so no process is spawned to look."""
-        pending = {m.id for m in machines}
-        missing: dict[str, float] = {}  # machine -> since when its process has not been seen
-        deadline = time.monotonic() + START_TIMEOUT
-        while pending and time.monotonic() < deadline:
-            for mid in list(pending):
-                pid = self.pid(mid)
-                if pid is None:
-                    # Not conclusive at once: a pid file being rewritten, or /proc/<pid>/environ read while the
-                    # app's shell execs the app, reads as no process for a moment.
-                    since = missing.setdefault(mid, time.monotonic())
-                    if time.monotonic() - since > GONE_AFTER:
-                        log = self.lab.logs_dir / f"{mid}.app.log"
-                        raise LabError(f"machine {mid}'s app exited at start (see {log})")
-                    continue
-                missing.pop(mid, None)
-                if services.listens(pid, port):
-                    pending.discard(mid)
-            time.sleep(0.05)
-        return sorted(pending)
+        return [rows[i] for i in ids]
 
     # -- removing -------------------------------------------------------------------------------
 
     def remove(self, machines: list[Machine]) -> list[Machine]:
+        """Desired stopped; once the agents report it (bounded), the rows are deleted and the agents tear the
+        namespaces down. Whatever an absent agent leaves behind is removed here, so a scale-down always ends."""
         if not machines:
             return []
+        ids = [m.id for m in machines]
         with self.lab.catalog() as cat:
-            for m in machines:
-                with contextlib.suppress(CatalogError):
-                    cat.set_machine_state(m.id, "stopped")  # the proxy stops routing before the process goes
-        for m in machines:
-            for folder in ("services", "stopped"):
-                (self.run_dir / folder / f"m-{m.id}.json").unlink(missing_ok=True)
+            for mid in ids:
+                with contextlib.suppress(NotFound):
+                    cat.set_machine_desired(mid, "stopped")
         with contextlib.suppress(LabError):
-            self._wait_pids([m.id for m in machines], present=False)
-        namespaces = [self.lab.plan.machine_ns(m.id) for m in machines]
-        system.kill_pids(system.pids_in_netns(namespaces))
-        system.run_batch([f"netns del {ns}" for ns in namespaces], force=True)
+            self._wait(ids, lambda m: m.state in ("stopped", "failed", "created"), "stopped", STOP_TIMEOUT)
+        with self.lab.catalog() as cat:
+            for mid in ids:
+                with contextlib.suppress(CatalogError):
+                    cat.delete_machine(mid)
+        namespaces = [self.lab.plan.machine_ns(mid) for mid in ids]
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any((system.NETNS_DIR / ns).exists() for ns in namespaces) and time.monotonic() < deadline:
+            time.sleep(POLL)
+        leftover = [ns for ns in namespaces if (system.NETNS_DIR / ns).exists()]
+        if leftover:
+            system.kill_pids(system.pids_in_netns(leftover))
+            system.run_batch([f"netns del {ns}" for ns in leftover], force=True)
         for ns in namespaces:
             for name in ("resolv.conf", "hosts"):
                 (ETC_NETNS / ns / name).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 (ETC_NETNS / ns).rmdir()
-        with self.lab.catalog() as cat:
-            for m in machines:
-                with contextlib.suppress(CatalogError):
-                    cat.delete_machine(m.id)
         return machines
 
-    # -- fault injection ------------------------------------------------------------------------
+    # -- stop, start, kill ----------------------------------------------------------------------
 
     def _machine(self, machine_id: str) -> Machine:
         with self.lab.catalog() as cat:
             return cat.machine(machine_id)
 
     def stop(self, machine_id: str) -> Machine:
-        self._machine(machine_id)
-        spec = self.run_dir / "services" / f"m-{machine_id}.json"
-        if spec.exists():
-            spec.replace(self.run_dir / "stopped" / spec.name)
-        self._wait_pids([machine_id], present=False)
         with self.lab.catalog() as cat:
-            return cat.set_machine_state(machine_id, "stopped")
+            cat.set_machine_desired(machine_id, "stopped")
+        rows = self._wait([machine_id], lambda m: m.state != "started" and self.pid(machine_id) is None, "stopped",
+                          STOP_TIMEOUT)
+        return rows[machine_id]
 
     def start(self, machine_id: str) -> Machine:
+        """Desired started. A machine left stopped by its restart policy (or killed, policy `no`) while its desired
+        state is still started gets a start request: desired stopped, then started, as `fly machine start`."""
         machine = self._machine(machine_id)
-        for folder in ("services", "stopped"):
-            path = self.run_dir / folder / f"m-{machine_id}.json"
-            if path.exists():
-                doc = json.loads(path.read_text())
-                break
-        else:
-            raise LabStateError(f"machine {machine_id} has no process spec in lab {self.lab.lab_id}")
-        doc["gen"] = int(doc.get("gen", 0)) + 1  # a new generation: the supervisor starts it even after a kill
-        services.write_spec(self.run_dir, Spec.from_json(doc))
-        (self.run_dir / "stopped" / f"m-{machine_id}.json").unlink(missing_ok=True)
-        self._wait_pids([machine_id], present=True)
+        if machine.desired == "started" and machine.state == "started" and self.pid(machine_id) is not None:
+            return machine
         with self.lab.catalog() as cat:
-            app = cat.app(machine.app)
-        self._wait_listening([machine], internal_port(app))
-        with self.lab.catalog() as cat:
-            return cat.set_machine_state(machine_id, "started")
+            if machine.desired == "started":
+                cat.set_machine_desired(machine_id, "stopped")
+            cat.set_machine_desired(machine_id, "started")
+        rows = self._wait([machine_id], lambda m: m.obs_gen > machine.obs_gen and m.state in ("started", "failed")
+                          and (m.state == "failed" or self.pid(machine_id) is not None), "started", START_TIMEOUT)
+        if rows[machine_id].state == "failed":
+            raise LabError(f"machine {machine_id} failed to start (see {self.lab.logs_dir / f'{machine_id}.app.log'})")
+        return rows[machine_id]
+
+    def pid(self, machine_id: str) -> int | None:
+        """The pid of the machine's sandbox (its process group leader), while it runs."""
+        doc = agent_record(self.run_dir, machine_id)
+        if doc is None:
+            return None
+        pid, start = int(doc.get("pid", 0)), int(doc.get("start_time", -1))
+        return pid if pid > 0 and _start_time(pid) == start and system.alive(pid) else None
+
+    def app_pid(self, machine_id: str) -> int | None:
+        """The app's own process (host pid): the child of the sandbox's pid 1, which is bwrap's child."""
+        pid = self.pid(machine_id)
+        for _ in range(2):
+            if pid is None:
+                return None
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                return None
+            pid = int(children[0]) if children else None
+        return pid
 
     def kill(self, machine_id: str) -> int:
-        """SIGKILL the app's process group; the catalog is NOT touched (the proxy must notice by itself)."""
+        """SIGKILL the app's process, as a crash would end it (fault injection); the catalog is not touched here:
+        the host agent notices the exit, reports it (exit code -9) and applies the app's restart policy. Without
+        an app process to find, the whole sandbox's process group is killed."""
         self._machine(machine_id)
-        pid = self.pid(machine_id)
-        if pid is None:
+        sandbox = self.pid(machine_id)
+        if sandbox is None:
             raise LabStateError(f"machine {machine_id} has no running process")
+        app = self.app_pid(machine_id)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        return pid
+            if app is not None:
+                os.kill(app, signal.SIGKILL)
+            else:
+                os.killpg(sandbox, signal.SIGKILL)
+        return app or sandbox
 
 
 def describe(machine: Machine) -> str:
     return f"{machine.id} {machine.app} {machine.region} {machine.host} {machine.address} {machine.state}"
-

@@ -1,5 +1,6 @@
 """The processes the lab runs: the delay line, and per host the services of the contract (mesh agent,
-DNS server, edge proxy), each only if its CLI group exists yet (`sixpn <group> --help` exits 0)."""
+DNS server, edge proxy, and on workers the host agent that runs the machines), each only if its CLI group exists
+yet (`sixpn <group> --help` exits 0)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from netns_lab import plan as planmod
 from netns_lab.plan import Node, Plan
 from netns_lab.supervisor import Spec
 
-GROUPS = ("mesh", "dns", "proxy", "catalog.replicate")  # a dotted name is a verb: `sixpn catalog replicate`
+GROUPS = ("mesh", "dns", "proxy", "host", "catalog.replicate")  # dotted: a verb (`sixpn catalog replicate`)
 
 _PROBE = """
 import contextlib, io, sys
@@ -58,7 +59,8 @@ def host_specs(plan: Plan, run_dir: Path, groups: set[str]) -> list[Spec]:
     def add(node: Node, service: str, *args: str) -> None:
         config = fleet.host_config_path(run_dir, node.name)
         specs.append(Spec(name=f"{node.name}.{service}", argv=sixpn_argv(config, *args), netns=node.ns,
-                          env=host_env(plan, config), log=str(run_dir / "logs" / f"{node.name}.{service}.log")))
+                          env=host_env(plan, config), log=str(run_dir / "logs" / f"{node.name}.{service}.log"),
+                          net_only=service == "agent"))
 
     for node in plan.hosts():
         if "mesh" in groups:
@@ -66,6 +68,12 @@ def host_specs(plan: Plan, run_dir: Path, groups: set[str]) -> list[Spec]:
                 "--key-file", str(run_dir / "keys" / f"{node.name}.key"))
         if "dns" in groups and node.role in ("worker", "gateway"):
             add(node, "dns", "dns", "serve", "--host", node.name)
+        if "host" in groups and node.role == "worker":
+            # Its own run dir per host (state files of its machines); the lab's share dir is every machine's
+            # stand-in for a volume (tests put files there for apps to read and write).
+            add(node, "agent", "host", "agent", "--host", node.name,
+                "--run-dir", str(agent_run_dir(run_dir, node.name)), "--netns-prefix", plan.lab_id,
+                "--log-dir", str(run_dir / "logs"), "--share", str(run_dir / "share"))
         if "proxy" in groups and node.role == "edge":
             add(node, "proxy", "proxy", "serve", "--host", node.name, "--listen", "0.0.0.0:80",
                 "--listen", "[::]:80")
@@ -94,6 +102,10 @@ def cluster_specs(plan: Plan, run_dir: Path, replicate: bool) -> list[Spec]:
                               netns=node.ns, env=host_env(plan, config),
                               log=str(run_dir / "logs" / f"{node.name}.replicate.log")))
     return specs
+
+
+def agent_run_dir(run_dir: Path, host: str) -> Path:
+    return run_dir / "agents" / host
 
 
 def delayline_spec(plan: Plan, run_dir: Path) -> Spec:
@@ -134,10 +146,16 @@ def has_interface(pid: int, ifname: str) -> bool:
 def is_ready(spec: Spec, pid: int, role: str) -> bool:
     """A host service is ready when what it serves exists: the proxy listens on :80, a worker's DNS server
     has port 53 bound (a gateway's binds only once a network has a peer there), the mesh agent's WireGuard
-    interface is up in its namespace."""
+    interface is up in its namespace, the host agent has written its pid to `<run-dir>/ready` (after adopting
+    and reconciling its machines)."""
     kind = spec.name.rsplit(".", 1)[-1]
     if kind == "nats":
         return listens(pid, 4222)
+    if kind == "agent" and "--run-dir" in spec.argv:
+        try:
+            return (Path(spec.argv[spec.argv.index("--run-dir") + 1]) / "ready").read_text().strip() == str(pid)
+        except OSError:
+            return False
     if kind == "proxy":
         return listens(pid, 80)
     if kind == "dns" and role == "worker":

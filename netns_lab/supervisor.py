@@ -41,6 +41,10 @@ class Spec:
     log: str = ""
     restart: str = "always"  # or "never"
     gen: int = 0
+    #: Join only the network namespace (nsenter --net), keeping the host's mount namespace: for a service that
+    #: creates namespaces itself (the host agent), whose `ip netns add` mounts must be seen by every process;
+    #: under `ip netns exec` they would stay in its private (slave) mount namespace.
+    net_only: bool = False
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Spec:
@@ -49,11 +53,12 @@ class Spec:
             netns=None if doc.get("netns") is None else str(doc["netns"]),
             env=tuple(sorted((str(k), str(v)) for k, v in doc.get("env", {}).items())),
             log=str(doc.get("log", "")), restart=str(doc.get("restart", "always")), gen=int(doc.get("gen", 0)),
+            net_only=bool(doc.get("net_only", False)),
         )
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "argv": list(self.argv), "netns": self.netns, "env": dict(self.env),
-                "log": self.log, "restart": self.restart, "gen": self.gen}
+                "log": self.log, "restart": self.restart, "gen": self.gen, "net_only": self.net_only}
 
 
 @dataclass
@@ -120,7 +125,12 @@ class Supervisor:
 
     def start(self, svc: Service) -> None:
         spec = svc.spec
-        argv = ["ip", "netns", "exec", spec.netns, *spec.argv] if spec.netns else list(spec.argv)
+        if spec.netns and spec.net_only:
+            argv = ["nsenter", f"--net=/run/netns/{spec.netns}", "--", *spec.argv]
+        elif spec.netns:
+            argv = ["ip", "netns", "exec", spec.netns, *spec.argv]
+        else:
+            argv = list(spec.argv)
         env = {**os.environ, **dict(spec.env), MARKER_ENV: self.lab_id}
         try:
             out = open(spec.log or os.devnull, "ab")  # noqa: SIM115 - handed to the child

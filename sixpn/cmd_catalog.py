@@ -100,7 +100,8 @@ def machines_list(args: argparse.Namespace) -> None:
             cat.app(args.app)
     machines = sorted(state.machines.values(), key=lambda m: (m.app, m.region, m.id))
     rows = [asdict(m) for m in machines if not args.app or m.app == args.app]
-    emit(rows, ["id", "app", "region", "host", "state", "address", "process_group"], args.json)
+    emit(rows, ["id", "app", "region", "host", "desired", "state", "restarts", "exit_code", "health", "address",
+                "process_group"], args.json)
 
 
 def regions(args: argparse.Namespace) -> None:

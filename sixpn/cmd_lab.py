@@ -40,6 +40,8 @@ def register(cli: Registry) -> None:
     status.add_argument("--json", action="store_true", help="print JSON")
     ex = _lab_opt(cli.verb("lab", "exec", "run a command in a node's or machine's namespace", lab_exec))
     ex.add_argument("node", help="node name (edge-gru, client-sjc, ...), machine id, or bb")
+    ex.add_argument("--as-app", action="store_true",
+                    help="in a machine: run inside its sandbox as its app does (its uid, namespaces, environment)")
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     logs = _lab_opt(cli.verb("lab", "logs", "print the logs of the lab's services (of one node)", lab_logs))
     logs.add_argument("node", nargs="?", help="node name or machine id (default: all)")
@@ -63,9 +65,11 @@ def register(cli: Registry) -> None:
     scale.add_argument("--app", required=True)
     scale.add_argument("--region", help="comma-separated regions (default: every region with a worker)")
     scale.add_argument("--process-group", default="app")
-    for verb, what in (("stop", "stop a machine's process and mark it stopped"),
-                       ("start", "start a stopped (or killed) machine and mark it started"),
-                       ("kill", "SIGKILL a machine's app process, leaving the catalog alone (fault injection)")):
+    for verb, what in (("stop", "desired stopped; waits until the machine's host agent reports it stopped"),
+                       ("start", "desired started (a start request even after a crash); waits until it is reported "
+                                 "started"),
+                       ("kill", "SIGKILL a machine's app (fault injection): its host agent reports the exit and "
+                                "applies the app's restart policy")):
         p = _lab_opt(cli.verb("machines", verb, what, machines_verb))
         p.add_argument("id")
 
@@ -126,7 +130,8 @@ def lab_status(args: argparse.Namespace) -> None:
           ", ".join(f"{r}->{e or 'none'}" for r, e in anycast["edge_for"].items()))
     if status["machines"]:
         print()
-        emit(status["machines"], ["id", "app", "region", "host", "address", "state", "pid", "last_exit"], False)
+        emit(status["machines"], ["id", "app", "region", "host", "address", "desired", "state", "pid", "restarts",
+                                  "exit_code", "health"], False)
 
 
 def _service_cell(name: str, state: dict[str, object]) -> str:
@@ -142,7 +147,8 @@ def lab_exec(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise LabError("usage: sixpn lab exec NODE -- COMMAND [ARGS...]")
-    full = Lab(args.lab).exec_argv(args.node, argv)
+    lab = Lab(args.lab)
+    full = lab.app_exec_argv(args.node, argv) if args.as_app else lab.exec_argv(args.node, argv)
     sys.stdout.flush()
     os.execvp(full[0], full)
 
@@ -209,6 +215,7 @@ def lab_env(args: argparse.Namespace) -> None:
 def scale_count(args: argparse.Namespace) -> None:
     regions = [r.strip() for r in args.region.split(",") if r.strip()] if args.region else None
     result = Machines(Lab(args.lab)).scale(args.app, args.count, regions, args.process_group)
+    # (the host agents made it so: each added machine was reported started, each removed one stopped)
     for m in result.removed:
         print(f"destroyed {m.id} ({m.region}, {m.host})")
     for m in result.added:
@@ -223,7 +230,7 @@ def machines_verb(args: argparse.Namespace) -> None:
     machines = Machines(Lab(args.lab))
     if args.verb == "kill":
         pid = machines.kill(args.id)
-        print(f"killed {args.id}'s app (pid {pid}); catalog unchanged")
+        print(f"killed {args.id}'s app (pid {pid}); its host agent reports the exit and applies the restart policy")
         return
     machine = machines.stop(args.id) if args.verb == "stop" else machines.start(args.id)
     print(f"{machine.id} {machine.state}")

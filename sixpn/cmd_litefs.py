@@ -29,6 +29,7 @@ def register(cli: Registry) -> None:
 
     check = cli.verb(GROUP, "check", "load a config and print what it means (errors name the key)", check_cmd)
     check.add_argument("--config", type=Path, required=True, help="litefs.yml (YAML) or a .toml file")
+    check.add_argument("--no-expand-env", action="store_true", help="do not expand environment variables")
 
     demo = cli.verb(GROUP, "demo-app", "a tiny SQLite notes app to put behind the proxy (lab, tests)", demo_cmd)
     demo.add_argument("--db", type=Path, required=True, help="the database file inside the mount")
@@ -40,6 +41,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="litefs.yml (YAML) or a .toml file")
     parser.add_argument("--mount", type=Path, help="the LiteFS mount directory (default: the config's fuse.dir)")
     parser.add_argument("--debug", action="store_true", help="log every request's decision")
+    parser.add_argument("--no-expand-env", action="store_true",
+                        help="do not expand environment variables in the config (LiteFS's -no-expand-env)")
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -54,8 +57,8 @@ def _setup(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    if getattr(args, "debug", False):
+    config = load_config(args.config, expand=not getattr(args, "no_expand_env", False))
+    if getattr(args, "debug", False) and config.proxy is not None:
         config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, debug=True))
     return config
 
@@ -82,9 +85,13 @@ def replicate_cmd(args: argparse.Namespace) -> int:
 def check_cmd(args: argparse.Namespace) -> None:
     config = _load(args)
     p = config.proxy
-    print(f"proxy: addr {p.addr} -> target {p.target}, db {p.db!r}, mode {p.mode}, mount {config.mount}")
-    print(f"  passthrough {[g.pattern for g in p.passthrough]}, always-forward {[g.pattern for g in p.always_forward]}")
-    print(f"  max-lag {p.max_lag:g}s, primary-redirect-timeout {p.primary_redirect_timeout:g}s")
+    if p is None:
+        print("proxy: none (no proxy.target: skipped, as LiteFS does)")
+    else:
+        print(f"proxy: addr {p.addr} -> target {p.target}, db {p.db!r}, mode {p.mode}, mount {config.mount}")
+        print(f"  passthrough {[g.pattern for g in p.passthrough]}, "
+              f"always-forward {[g.pattern for g in p.always_forward]}")
+        print(f"  max-lag {p.max_lag:g}s, primary-redirect-timeout {p.primary_redirect_timeout:g}s")
     if config.replicator is not None:
         r = config.replicator
         print(f"replicator: {r.role} as {r.hostname!r}, addr {r.addr}, primary-url {r.primary_url or '-'}")

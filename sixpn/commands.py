@@ -26,5 +26,6 @@ def _optional(name: str) -> None:
     USER_ERRORS = (*USER_ERRORS, *getattr(module, "ERRORS", ()))
 
 
-for _name in ("cmd_replica", "cmd_lab", "cmd_wg", "cmd_dns", "cmd_proxy", "cmd_litefs", "cmd_demo", "cmd_fleet"):
+for _name in ("cmd_replica", "cmd_lab", "cmd_wg", "cmd_dns", "cmd_proxy", "cmd_litefs", "cmd_host", "cmd_demo",
+              "cmd_fleet"):
     _optional(_name)

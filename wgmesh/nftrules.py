@@ -21,6 +21,7 @@ underlay's default route (issue 15).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class Rules:
     networks: tuple[tuple[str, int], ...]  # (name, net id), sorted by id
     edges: tuple[ipaddress.IPv6Address, ...]
     services: tuple[tuple[ipaddress.IPv6Address, str, int], ...]  # (machine address, tcp|udp, port)
-    machines: tuple[tuple[str, ipaddress.IPv6Network], ...]  # (veth on this host, the machine's /112)
+    machines: tuple[tuple[str, str], ...]  # (veth on this host, the machine's /112 as text), by veth
     local_dns: bool  # a worker: machines query fdaa::3 on this host
 
     def __post_init__(self) -> None:
@@ -66,10 +67,18 @@ def service_ports(state: State, host: str) -> tuple[tuple[ipaddress.IPv6Address,
     return tuple(sorted(out, key=lambda s: (int(s[0]), s[1], s[2])))
 
 
-def machine_links(state: State, host: str) -> tuple[tuple[str, ipaddress.IPv6Network], ...]:
+@functools.lru_cache(maxsize=1 << 16)
+def _prefix_text(address: str) -> str:
+    """A machine's /112 as nft reads it; cached, as ipaddress dominates the cost of a render (every
+    catalog change renders again, with mostly the same machines)."""
+    return str(ipaddress.IPv6Network((address, 112), strict=False))
+
+
+def machine_links(state: State, host: str) -> tuple[tuple[str, str], ...]:
     """(veth name, /112) of every machine placed on `host`, whatever its state: its veth exists from the
     moment the machine is built until it is removed."""
-    return tuple(sorted((addressing.machine_link(m.id), m.prefix) for m in state.machines.values() if m.host == host))
+    return tuple(sorted((addressing.machine_link(m.id), _prefix_text(m.address))
+                        for m in state.machines.values() if m.host == host))
 
 
 def rules_for(state: State, host: str, wg_ifname: str) -> Rules:

@@ -80,7 +80,7 @@ class Exchange:
         if code:
             self.error_code = code
         no_body = self.head.method == b"HEAD" or status in (204, 304) or status < 200
-        self.start(status, [*headers, (b"content-length", str(len(body)).encode())], length=len(body),
+        self.start(status, [*headers, (self.conn.framing_names[0], str(len(body)).encode())], length=len(body),
                    no_body=True, defer=True)
         if body and not no_body:
             self._write(body)
@@ -105,23 +105,24 @@ class Exchange:
         self.started = True
         self.status = status
         out = headers
+        length_name, te_name, connection_name = self.conn.framing_names
         if status == 101:
             self.close_after = True
         elif not no_body:
             if length is not None:
-                out = [*out, (b"content-length", str(length).encode())]
+                out = [*out, (length_name, str(length).encode())]
             elif self.head.version == b"1.1":
                 self._chunked = True
-                out = [*out, (b"transfer-encoding", b"chunked")]
+                out = [*out, (te_name, b"chunked")]
             else:
                 self.close_after = True
         if self.conn.draining:
             self.close_after = True
         if status != 101:
             if self.close_after:
-                out = [*out, (b"connection", b"close")]
+                out = [*out, (connection_name, b"close")]
             elif self.head.version == b"1.0":
-                out = [*out, (b"connection", b"keep-alive")]
+                out = [*out, (connection_name, b"keep-alive")]
         head = h.serialize_response(status, out, reason)
         if defer:
             self._held = head  # sent with the first body bytes or by flush(): one write for small responses

@@ -43,6 +43,10 @@ _NONE: frozenset[bytes] = frozenset()
 
 
 class ServerConnection(asyncio.Protocol):
+    #: How `Exchange.start` spells the fields it adds (Content-Length, Transfer-Encoding, Connection); a
+    #: subclass may spell them another server's way (litefs_proxy: Go's canonical names).
+    framing_names: tuple[bytes, bytes, bytes] = (b"content-length", b"transfer-encoding", b"connection")
+
     def __init__(self, handler: Handler, limits: ServerLimits, *, scheme: str = "http",
                  on_open: Callable[[ServerConnection], None] | None = None,
                  on_close: Callable[[ServerConnection], None] | None = None) -> None:
@@ -227,7 +231,7 @@ class ServerConnection(asyncio.Protocol):
             upgrade = h.get(headers, b"upgrade") or b""
         expect = h.get(headers, b"expect") if b"expect" in noted else None
         head = h.RequestHead(
-            method=parser.get_method(), target=self._url, version=version, headers=headers, framing=framing,
+            method=self.request_method(), target=self._url, version=version, headers=headers, framing=framing,
             content_length=length, keep_alive=parser.should_keep_alive(), upgrade=upgrade,
             expect_continue=expect is not None and expect.lower() == b"100-continue" and version == b"1.1",
         )
@@ -331,12 +335,24 @@ class ServerConnection(asyncio.Protocol):
                 current.started = current.finished = True
                 current.status = exc.status
                 current.error_code = exc.code
-            status, headers, body = error_response(exc)
-            headers = [*headers, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-            self.write(h.serialize_response(status, headers) + body)
+            answer = self.rejection(exc)
+            if answer is not None:
+                self.write(answer)
             if self.on_reject is not None:
                 self.on_reject(self, exc)
         self.close()
+
+    def rejection(self, exc: HttpError) -> bytes | None:
+        """What a refused request is answered with before the connection closes (None: close without a word).
+        A subclass may answer in another server's manner (litefs_proxy answers as Go's net/http)."""
+        status, headers, body = error_response(exc)
+        headers = [*headers, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        return h.serialize_response(status, headers) + body
+
+    def request_method(self) -> bytes:
+        """The method of the request whose head just ended; a subclass that showed the parser another method
+        token (llhttp knows a fixed set) returns the client's own here."""
+        return self.parser.get_method()
 
     # -- Upgrade ---------------------------------------------------------------------------------------
 

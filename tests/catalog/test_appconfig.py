@@ -106,3 +106,34 @@ def test_config_is_frozen() -> None:
     config = appconfig.loads(SPEC_EXAMPLE)
     with pytest.raises(AttributeError):
         config.app = "other"  # type: ignore[misc]
+
+
+def test_restart_policies_per_process_group_and_flys_default() -> None:
+    config = appconfig.loads(
+        '[processes]\napp = "serve"\nworker = "work"\n'
+        '[[restart]]\npolicy = "always"\nprocesses = ["worker"]\n'
+        '[[restart]]\npolicy = "on-fail"\nretries = 3\n'
+    )
+    assert config.restart_for("worker") == appconfig.RestartPolicy("always", 10, ("worker",))
+    assert config.restart_for("app") == appconfig.RestartPolicy("on-failure", 3, ())
+    assert appconfig.loads('[[restart]]\npolicy = "never"\n').restart_for("app").policy == "no"
+    assert appconfig.DEFAULT.restart_for("app") == appconfig.RestartPolicy("on-failure", 10, ())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[restart]]\npolicy = "sometimes"\n', r'^restart\[0\]\.policy: must be "always", "on-failure" or "no"'),
+        ("[[restart]]\nretries = -1\n", r"^restart\[0\]\.retries: -1 is outside"),
+        ('[[restart]]\nretries = "3"\n', r"^restart\[0\]\.retries: expected an integer"),
+        ("[[restart]]\nbogus = 1\n", r"^restart\[0\]\.bogus: unknown key"),
+        ('[[restart]]\npolicy = "no"\n[[restart]]\npolicy = "always"\n',
+         r"^restart\[1\]\.processes: a second restart policy for every process group"),
+        ('[processes]\napp = "x"\n[[restart]]\nprocesses = ["web"]\n',
+         r"^restart\[0\]\.processes: no process group 'web' in \[processes\]"),
+        ("restart = 3\n", r"^restart: expected an array of tables"),
+    ],
+)
+def test_restart_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        appconfig.loads(text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -50,16 +49,22 @@ def test_scale_down_stops_and_unregisters(lab: Lab, lab_app) -> None:  # type: i
     assert lab.exec("worker-gru", ["ip", "netns", "list"]).stdout.count(gone.id) == 0
 
 
-def test_kill_leaves_the_catalog_and_start_brings_it_back(lab: Lab, lab_app) -> None:  # type: ignore[no-untyped-def]
-    (m,) = lab_app("faulty", count=1, regions=["sjc"])
+def test_killed_app_is_reported_stopped_and_start_brings_it_back(  # type: ignore[no-untyped-def]
+        lab: Lab, lab_app) -> None:
+    config = {"http_service": {"internal_port": 8080}, "restart": [{"policy": "no"}]}
+    (m,) = lab_app("faulty", count=1, regions=["sjc"], config=config)
     machines = Machines(lab)
     machines.kill(m.id)
-    deadline = time.monotonic() + 10
-    while curl_machine(lab, m)[0] == 0:
-        assert time.monotonic() < deadline, "the killed app still answers"
-        time.sleep(0.05)
-    with lab.catalog() as cat:
-        assert cat.machine(m.id).state == "started"  # kill does NOT touch the catalog
+    deadline = time.monotonic() + 5
+    while True:  # the host agent notices the exit and reports it; policy "no" leaves it stopped
+        with lab.catalog() as cat:
+            row = cat.machine(m.id)
+        if row.state == "stopped":
+            break
+        assert time.monotonic() < deadline, row
+        time.sleep(0.02)
+    assert (row.desired, row.exit_code, row.restarts) == ("started", -9, 0)
+    assert curl_machine(lab, m)[0] != 0
     assert machines.start(m.id).state == "started"
     assert curl_machine(lab, m, "/healthz") == (0, "ok\n")
     assert machines.stop(m.id).state == "stopped"
@@ -69,12 +74,16 @@ def test_kill_leaves_the_catalog_and_start_brings_it_back(lab: Lab, lab_app) -> 
 
 
 def test_an_apps_own_command_runs_with_the_machine_environment(  # type: ignore[no-untyped-def]
-        lab: Lab, lab_app, tmp_path: Path) -> None:
-    who_file = tmp_path / "who"
+        lab: Lab, lab_app) -> None:
+    who_file = lab.share_dir / "who-custom"  # the one host directory a machine's app may write to
+    who_file.unlink(missing_ok=True)
     command = (f'echo "$FLY_APP_NAME $FLY_REGION $FLY_MACHINE_ID $FLY_PRIVATE_IP" > {who_file}'
                " && exec python3 -m http.server --bind :: $PORT")
     config = {"processes": {"app": command}, "http_service": {"internal_port": 8080}}
     (m,) = lab_app("custom", count=1, regions=["gig"], config=config)
     code, body = curl_machine(lab, m)
     assert code == 0 and "Directory listing" in body  # http.server, not the sample app
-    assert who_file.read_text().split() == ["custom", "gig", m.id, m.address]
+    try:
+        assert who_file.read_text().split() == ["custom", "gig", m.id, m.address]
+    finally:
+        who_file.unlink(missing_ok=True)

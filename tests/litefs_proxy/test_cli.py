@@ -87,3 +87,15 @@ def test_serve_ends_with_the_app_and_its_status(tmp_path: Path) -> None:
     out = subprocess.run([*CLI, "serve", "--config", str(cfg), "--exec", "sleep 0.3; exit 3"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 3, out.stderr
+
+
+def test_serve_without_target_skips_the_proxy(tmp_path: Path) -> None:
+    """LiteFS (cmd/litefs/mount_linux.go:520-524): no proxy target -> no proxy, the rest still runs."""
+    cfg = tmp_path / "litefs.yml"
+    cfg.write_text(f"fuse:\n  dir: {tmp_path}/m\nproxy:\n  addr: ':$PROXY_PORT'\n  db: db\n")
+    (tmp_path / "m").mkdir()
+    out = subprocess.run([*CLI, "serve", "--config", str(cfg), "--exec", "exit 4"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 4 and "no proxy target set, skipping proxy" in out.stderr
+    out = subprocess.run([*CLI, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("proxy: none")

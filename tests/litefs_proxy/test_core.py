@@ -45,6 +45,12 @@ from litefs_proxy.mountfiles import (
 BASE = "fuse:\n  dir: /litefs\nproxy:\n  addr: ':8080'\n  target: 'localhost:8081'\n  db: 'db'\n"
 
 
+def proxy_of(text: str, **kw: Any) -> ProxyConfig:
+    p = parse_config(text, **kw).proxy
+    assert p is not None
+    return p
+
+
 def cfg(**kw: Any) -> ProxyConfig:
     base = ProxyConfig(addr=Endpoint("", 0), target=Endpoint("127.0.0.1", 1), db="db")
     return dataclasses.replace(base, **kw)
@@ -55,6 +61,7 @@ def cfg(**kw: Any) -> ProxyConfig:
 def test_config_defaults_match_litefs() -> None:
     c = parse_config(BASE)
     p = c.proxy
+    assert p is not None
     assert p.addr == Endpoint("", 8080) and p.target == Endpoint("localhost", 8081) and p.db == "db"
     assert (p.max_lag, p.primary_redirect_timeout) == (10.0, 5.0)
     assert (p.read_timeout, p.read_header_timeout, p.write_timeout, p.idle_timeout) == (0.0, 10.0, 0.0, 30.0)
@@ -68,7 +75,7 @@ def test_config_full_yaml_and_litefs_sections_accepted() -> None:
         "  primary-redirect-timeout: 1m30s\n  read-timeout: 250ms\n  debug: true\n"
         "data:\n  dir: /var/lib/litefs\nlease:\n  type: consul\nexec:\n  - cmd: app\nexit-on-error: false\n"
     )
-    p = parse_config(text).proxy
+    p = proxy_of(text)
     assert [g.pattern for g in p.passthrough] == ["*.png", "/static/*"]
     assert [g.pattern for g in p.always_forward] == ["/admin/*"]
     assert p.max_lag == 0.0 and p.primary_redirect_timeout == 90.0 and p.read_timeout == 0.25 and p.debug
@@ -78,19 +85,24 @@ def test_config_toml(tmp_path: Path) -> None:
     path = tmp_path / "litefs.toml"
     path.write_text('[proxy]\naddr = ":9"\ntarget = "h:1"\ndb = "x.db"\nmax-lag = "2s"\n[fuse]\ndir = "/m"\n')
     c = load_config(path)
-    assert c.proxy.addr.port == 9 and c.proxy.max_lag == 2.0 and c.mount == Path("/m")
+    assert c.proxy is not None and c.proxy.addr.port == 9 and c.proxy.max_lag == 2.0 and c.mount == Path("/m")
+
+
+def test_config_no_expand_env() -> None:
+    p = proxy_of(BASE.replace("'db'", "'$DBNAME'"), env={"DBNAME": "app.db"}, expand=False)
+    assert p.db == "$DBNAME"  # LiteFS's -no-expand-env
 
 
 def test_config_env_expansion() -> None:
-    c = parse_config(BASE.replace("'db'", "'${DBNAME}'"), env={"DBNAME": "app.db"})
-    assert c.proxy.db == "app.db"
+    assert proxy_of(BASE.replace("'db'", "'${DBNAME}'"), env={"DBNAME": "app.db"}).db == "app.db"
+    assert proxy_of(BASE.replace("'db'", "'$DBNAME'"), env={"DBNAME": "app.db"}).db == "app.db"
 
 
 @pytest.mark.parametrize(("text", "key"), [
     (BASE + "  bogus: 1\n", "proxy.bogus"),
     (BASE + "nonsense:\n  a: 1\n", "nonsense"),
     (BASE.replace("  addr: ':8080'\n", ""), "proxy.addr"),
-    (BASE.replace("  target: 'localhost:8081'\n", ""), "proxy.target"),
+    (BASE.replace("  target: 'localhost:8081'\n", "") + "  bogus: 1\n", "proxy.bogus"),  # skipped, still checked
     (BASE.replace("  db: 'db'\n", ""), "proxy.db"),
     (BASE + "  max-lag: ten\n", "proxy.max-lag"),
     (BASE + "  max-lag: -1s\n", "proxy.max-lag"),
@@ -114,8 +126,7 @@ def test_config_errors_name_the_key(text: str, key: str) -> None:
 def test_config_not_yaml_or_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_config("proxy: [\n")
-    with pytest.raises(ConfigError, match="proxy: missing"):
-        parse_config("fuse:\n  dir: /x\n")
+    assert parse_config("fuse:\n  dir: /x\n").proxy is None  # no proxy.target: skipped, as LiteFS does
     with pytest.raises(ConfigError, match="No such file"):
         load_config(tmp_path / "absent.yml")
 
@@ -124,7 +135,7 @@ def test_primary_region_mode_needs_regions() -> None:
     text = "proxy:\n  addr: ':1'\n  target: 'h:2'\n  mode: primary-region\n"
     with pytest.raises(ConfigError, match=r"proxy\.primary-region"):
         parse_config(text)
-    p = parse_config(text, env={"PRIMARY_REGION": "gru", "FLY_REGION": "sjc"}).proxy
+    p = proxy_of(text, env={"PRIMARY_REGION": "gru", "FLY_REGION": "sjc"})
     assert (p.primary_region, p.region, p.db) == ("gru", "sjc", "")
 
 
@@ -322,4 +333,5 @@ def test_parse_litefs_events() -> None:
 
 
 def test_config_litefs_url() -> None:
-    assert parse_config(BASE + "  litefs-url: http://localhost:20202/\n").proxy.litefs_url == "http://localhost:20202"
+    p = proxy_of(BASE + "  litefs-url: http://localhost:20202/\n")
+    assert (p.litefs_url, p.litefs_url_auto) == ("http://localhost:20202", False)

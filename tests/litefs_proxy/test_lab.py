@@ -5,6 +5,7 @@ client through the anycast edge. Checked with curl's own output (status, headers
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tempfile
@@ -40,9 +41,11 @@ replicator:
 
 
 @pytest.fixture
-def workdir() -> Iterator[Path]:
-    # Requested before lab_app by the tests, so it is removed after the machines writing into it are gone.
-    with tempfile.TemporaryDirectory(prefix="litefs-lab-", ignore_cleanup_errors=True) as d:
+def workdir(lab: Lab) -> Iterator[Path]:
+    # Requested before lab_app by the tests, so it is removed after the machines writing into it are gone. In the
+    # lab's share dir: the one host directory a machine's sandboxed app sees (and may write to, as its own uid).
+    with tempfile.TemporaryDirectory(prefix="litefs-lab-", dir=lab.share_dir, ignore_cleanup_errors=True) as d:
+        os.chmod(d, 0o1777)
         yield Path(d)
 
 

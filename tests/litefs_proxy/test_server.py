@@ -12,6 +12,7 @@ import pytest
 
 from edge_proxy.http1 import Exchange
 from litefs_proxy.globs import compile_glob
+from litefs_proxy.mountfiles import format_lag, write_atomic
 from tests.litefs_proxy.helpers import (
     as_orphan,
     as_primary,
@@ -237,8 +238,11 @@ def test_health(tmp_path: Path) -> None:
         async with upstream() as up, proxy(make_cfg(up.port, max_lag=1.0), tmp_path) as p:
             resp = await request(p.port, "GET", "/litefs/health")
             assert (resp.status, resp.body) == (200, b"OK\n")
-            as_orphan(tmp_path)  # lag 2147483647 ms
+            write_atomic(tmp_path / ".lag", format_lag(1500))
             go_error(503, b"Replication lag exceeded\n")(await request(p.port, "GET", "/litefs/health"))
+            as_orphan(tmp_path)  # lag 2147483647 ms: LiteFS's Lag() is 0 while no primary was heard from
+            resp = await request(p.port, "GET", "/litefs/health")
+            assert (resp.status, resp.body) == (200, b"OK\n")
             assert up.seen == []
         async with upstream() as up, proxy(make_cfg(up.port, max_lag=0.0), tmp_path) as p:
             resp = await request(p.port, "GET", "/litefs/health")
@@ -349,7 +353,7 @@ def test_forward_mode_proxies_a_5mib_write_to_the_primary(tmp_path: Path) -> Non
         replica_mount.mkdir()
         as_primary(primary_mount, txid=0x11)
         body = bytes(range(256)) * (5 * 4096)  # 5 MiB: over the 1 MiB fly-replay limit
-        async with upstream() as up, proxy(make_cfg(up.port), primary_mount) as prim:
+        async with upstream() as up, proxy(make_cfg(up.port, mode="forward"), primary_mount) as prim:
             as_replica(replica_mount, "127.0.0.1")
             cfg = make_cfg(up.port, mode="forward", forward_target="{primary}:" + str(prim.port))
             async with proxy(cfg, replica_mount, hostname="m-replica") as rep:

@@ -135,7 +135,9 @@ class MiniMesh:
         (path / "resolv.conf").write_text("# wgmesh test\n")
         self.netns_etc.append(path)
 
-    def wait_applied(self, host: str, timeout: float = 15.0) -> None:
+    def wait_applied(self, host: str, timeout: float = 60.0) -> None:
+        """Until the host's agent has applied the catalog's current version. A bound, not a delay: on this
+        shared 2-core machine (load 12-15) five agents starting at once spent 15 s importing."""
         version = self.cat.version()
         deadline = time.monotonic() + timeout
         while (read_applied(self.state, host) or -1) < version:

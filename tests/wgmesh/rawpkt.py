@@ -11,6 +11,10 @@ namespace as a module, so a test can attack from any node:
     ip netns exec NS python -m tests.wgmesh.rawpkt send ptb SRC DST MTU QSRC QDST QSPORT QDPORT   # quoting UDP
     ip netns exec NS python -m tests.wgmesh.rawpkt sniff IFACE SECONDS   # "ready", then JSON lines: src, dst, ...
     ip netns exec NS python -m tests.wgmesh.rawpkt recv ADDRESS PORT SECONDS   # "ready", then UDP payloads
+    ip netns exec NS python -m tests.wgmesh.rawpkt end DST [PORT]   # ends a sniff (PORT 9) or a recv (PORT)
+
+SECONDS is a bound: a sniff ends half a second after it sees a UDP datagram to port 9 (either way), a recv
+when it receives the datagram `end`; a test sends those after its packets, along the same path.
 
 Checksums follow RFC 8200 §8.1 (the upper-layer pseudo-header).
 """
@@ -27,6 +31,7 @@ import time
 
 UDP, TCP, ICMP6 = 17, 6, 58
 ETH_P_ALL, ETH_P_IPV6 = 0x0003, 0x86DD
+END_PORT, END, GRACE = 9, b"end", 0.5  # the end marker of a sniff (UDP to the discard port) or a recv
 
 
 def checksum(data: bytes) -> int:
@@ -103,22 +108,31 @@ def parse(frame: bytes) -> dict[str, object] | None:
 
 
 def sniff(iface: str, seconds: float) -> list[dict[str, object]]:
+    """Frames seen on `iface` until `seconds` pass or GRACE after the end marker (a UDP datagram to the
+    discard port, either way): a test sends its packets, then the marker, along the same path."""
     seen: list[dict[str, object]] = []
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as sock:
-        sock.bind((iface, 0))
+    # Protocol 0 until bound: a socket opened for ETH_P_ALL would queue frames of every interface until
+    # the bind (packet(7)); CPython converts the bind's protocol to network order itself.
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
+        sock.bind((iface, ETH_P_ALL))
         print("ready", flush=True)
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             if select.select([sock], [], [], left)[0]:
                 frame, meta = sock.recvfrom(65535)
                 packet = parse(frame)
-                if packet is not None:
-                    packet["outgoing"] = meta[2] == socket.PACKET_OUTGOING
-                    seen.append(packet)
+                if packet is None:
+                    continue
+                if packet["nh"] == UDP and packet.get("dport") == END_PORT:
+                    end = min(end, time.monotonic() + GRACE)  # late replies to what came before still count
+                    continue
+                packet["outgoing"] = meta[2] == socket.PACKET_OUTGOING
+                seen.append(packet)
     return seen
 
 
 def receive(address: str, port: int, seconds: float) -> list[str]:
+    """Datagrams received on address:port until `seconds` pass or the datagram `end` arrives."""
     got: list[str] = []
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -128,8 +142,16 @@ def receive(address: str, port: int, seconds: float) -> list[str]:
         while (left := end - time.monotonic()) > 0:
             if select.select([sock], [], [], left)[0]:
                 data, peer = sock.recvfrom(65535)
+                if data == END:
+                    break
                 got.append(f"{peer[0]} {data.decode(errors='replace')}")
     return got
+
+
+def send_end(dst: str, port: int) -> None:
+    """An ordinary datagram (the host's own source address): the end marker of `sniff` or `recv`."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.sendto(END, (dst, port))
 
 
 def main(argv: list[str]) -> int:
@@ -140,6 +162,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["recv"]:
         for line in receive(argv[1], int(argv[2]), float(argv[3])):
             print(line, flush=True)
+        return 0
+    if argv[:1] == ["end"]:
+        send_end(argv[1], int(argv[2]) if len(argv) > 2 else END_PORT)
         return 0
     kind, src, dst, *rest = argv[1:]
     if kind == "udp":

@@ -36,7 +36,7 @@ WEB = {"http_service": {"internal_port": 8080}}
 RAWPKT = str(Path(__file__).with_name("rawpkt.py"))
 ATTACKER = "client-gru"
 ANYCAST6 = "2001:db8:ac::1"
-SNIFF_SECONDS = "2.5"
+BOUND = "30"  # seconds a sniff or a recv may last; each ends at its marker, sent after the packets
 
 
 @dataclass
@@ -48,6 +48,10 @@ class World:
 
     def raw(self, node: str, *argv: str) -> None:
         self.lab.exec(node, [sys.executable, RAWPKT, *argv], check=True)
+
+    def end(self, node: str, dst: str, port: str = "9") -> None:
+        """The end marker of a `sniff` (port 9) or a `recv` (its port), sent from `node` to `dst`."""
+        self.raw(node, "end", dst, port)
 
     def spoofed(self, machine: Machine) -> str:
         """An address of the machine's network that belongs to nobody (the issue's `fdaa:0:1:ffff::1`)."""
@@ -131,15 +135,18 @@ def test_underlay_cannot_inject_6pn_into_a_machine(world: World) -> None:
     lab, a = world.lab, world.a
     comments = ("6PN source from the underlay", "to 6PN from the underlay")
     before = sum(world.counter(a.host, c, exists=False) for c in comments)
-    listener = Background(lab, a.id, "recv", "::", "5555", SNIFF_SECONDS)
-    sniffer = Background(lab, a.host, "sniff", "eth0", SNIFF_SECONDS)
+    listener = Background(lab, a.id, "recv", "::", "5555", BOUND)
+    sniffer = Background(lab, a.host, "sniff", "eth0", BOUND)
     try:
         with attacker_routes(world, a.host, "fdaa::/16"):
             for src in (world.spoofed(a), world.b.address, world.underlay6(ATTACKER)):
                 world.raw(ATTACKER, "send", "udp", src, a.address, "5555", "from-the-underlay")
                 world.raw(ATTACKER, "send", "syn", src, a.address, "8080")
                 world.raw(ATTACKER, "send", "echo", src, a.address)
-        received, seen = listener.lines(), sniffer.packets()
+        world.end(ATTACKER, world.underlay6(a.host))
+        seen = sniffer.packets()
+        world.end(a.host, a.address, "5555")  # from the worker, after whatever it let through
+        received = listener.lines()
     finally:
         listener.kill()
         sniffer.kill()
@@ -154,9 +161,10 @@ def test_host_sends_no_6pn_onto_the_underlay(world: World) -> None:
     """A host's own packet to a 6PN address without a mesh route would follow the underlay's default
     route; it is refused instead (ping gets EPERM), and nothing appears on the wire."""
     lab, a = world.lab, world.a
-    sniffer = Background(lab, a.host, "sniff", "eth0", "1.5")
+    sniffer = Background(lab, a.host, "sniff", "eth0", BOUND)
     try:
         done = lab.exec(a.host, ["ping", "-n", "-c", "1", "-W", "1", world.spoofed(a)])
+        world.end(a.host, world.underlay6(ATTACKER))
         seen = sniffer.packets()
     finally:
         sniffer.kill()
@@ -196,13 +204,16 @@ def test_underlay_cannot_reach_gateway_dns_or_a_laptop(world: World, laptop_up: 
     dns = str(ipaddress.IPv6Network((world.a.address, 48), strict=False).network_address + 3)
     assert lab.exec("laptop-alice", ["dig", "+short", "+time=2", "aaaa", "iso-a.internal"]).stdout.strip() \
         == world.a.address  # the laptop itself is served: a control
-    listener = Background(lab, "laptop-alice", "recv", laptop_up, "7777", SNIFF_SECONDS)
-    sniffer = Background(lab, "gw-gru", "sniff", "eth0", SNIFF_SECONDS)
+    listener = Background(lab, "laptop-alice", "recv", laptop_up, "7777", BOUND)
+    sniffer = Background(lab, "gw-gru", "sniff", "eth0", BOUND)
     try:
         with attacker_routes(world, "gw-gru", "fdaa::/16"):
             world.raw(ATTACKER, "send", "udp", world.spoofed(world.a), laptop_up, "7777", "into-the-tunnel")
             world.raw(ATTACKER, "send", "dns", world.spoofed(world.a), dns, "_instances.internal")
-        received, seen = listener.lines(), sniffer.packets()
+        world.end(ATTACKER, world.underlay6("gw-gru"))
+        seen = sniffer.packets()
+        world.end(world.a.id, laptop_up, "7777")  # acme's machine may: through the mesh and the gateway
+        received = listener.lines()
     finally:
         listener.kill()
         sniffer.kill()
@@ -240,9 +251,10 @@ def test_forged_packet_too_big_from_another_network_is_dropped(world: World) -> 
         assert world.counter(a.host, "related from another network") == before + 1  # dropped at the worker
         # The other way round: an acme machine cannot reach globex with an error quoting its own network's
         # flow (the kernel does not call an error related unless it goes to the flow's endpoint).
-        sniffer = Background(world.lab, g.id, "sniff", "eth0", "1.5")
+        sniffer = Background(world.lab, g.id, "sniff", "eth0", BOUND)
         try:
             world.raw(a.id, "send", "ptb", a.address, g.address, "1280", a.address, b.address, port, "5353")
+            world.end(g.host, g.address)
             seen = sniffer.packets()
         finally:
             sniffer.kill()
@@ -273,10 +285,11 @@ def test_machine_cannot_spoof_a_non_6pn_source(world: World) -> None:
     gru edge never sees it (so never answers a spoofed address)."""
     lab, a = world.lab, world.a
     before = world.counter(a.host, "spoofed source from a machine", exists=False)
-    sniffer = Background(lab, "edge-gru", "sniff", "eth0", SNIFF_SECONDS)
+    sniffer = Background(lab, "edge-gru", "sniff", "eth0", BOUND)
     try:
         for src in ("2001:db8:3::99", world.underlay6("client-gig"), world.g.address):
             world.raw(a.id, "send", "syn", src, ANYCAST6, "80")
+        world.end(a.host, ANYCAST6)  # the worker's own datagram, along the same route
         seen = sniffer.packets()
     finally:
         sniffer.kill()

@@ -36,7 +36,7 @@ def test_rules_list_networks_edges_and_local_services(world: World) -> None:
     assert rules.services == ((ipaddress.IPv6Address(m.address), "tcp", 8080),)
     assert rules.local_dns
     # Every machine on this host, bound to its veth: whatever its app declares.
-    assert set(rules.machines) == {(f"m{m.id}", m.prefix), (f"m{g.id}", g.prefix)}
+    assert set(rules.machines) == {(f"m{m.id}", str(m.prefix)), (f"m{g.id}", str(g.prefix))}
     text = nftrules.render(rules)
     assert text.startswith("table inet sixpn\ndelete table inet sixpn\n")
     assert f"ip6 saddr {state.networks['acme'].prefix} ip6 daddr {state.networks['acme'].prefix} accept" in text
