@@ -236,11 +236,11 @@ class Lab:
         return gone
 
     def _register(self) -> None:
-        keys = fleet.host_public_keys(self.plan, self.run_dir / "keys")
+        keys = fleet.host_public_keys(self.plan, self.run_dir / "keys") if self.replicated else {}
         with self.catalog() as cat:
             for node in self.plan.hosts():
                 cat.register_host(node.name, node.region, node.role, str(node.v4),  # type: ignore[arg-type]
-                                  public_key=keys[node.name])
+                                  public_key=keys.get(node.name, ""))
             for org in self.topology.orgs:
                 cat.create_org(org)
 
@@ -593,7 +593,8 @@ def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None, catalog
     (run_dir / "share").mkdir(exist_ok=True)
     os.chmod(run_dir / "share", 0o1777)  # machines' apps run as their own unprivileged uids
     fleet.write_fleet(plan, run_dir, catalog_mode, cluster)
-    fleet.write_host_keys(plan, run_dir / "keys")
+    if catalog_mode == "replicated":  # registered with the host (embedded: each mesh agent makes and writes its own)
+        fleet.write_host_keys(plan, run_dir / "keys")
     (run_dir / "lab.json").write_text(json.dumps({"lab_id": lab_id, "topology": text, "owner_pid": owner_pid,
                                                   "catalog": catalog_mode, "cluster": cluster}))
     system.run_batch(planmod.netns_lines(plan))
