@@ -133,10 +133,11 @@ class Lab:
             return ReplicatedCatalog(load_host_config(self.operator_config))
         return Catalog(self.state_dir)
 
-    def wait_replicas(self, timeout: float = 10.0) -> list[str]:
+    def wait_replicas(self, timeout: float = 10.0, at_least: int = 0) -> list[str]:
         """With the replicated catalog: wait until every host's replica has applied the stream up to its last
-        sequence now (hosts cut off, alone or with their region, are not waited for); returns the hosts still
-        behind at the timeout. With the embedded catalog every host reads the one catalog: nothing to wait for."""
+        sequence now, and to `at_least` (a write's sequence the caller knows; hosts cut off, alone or with their
+        region, are not waited for); returns the hosts still behind at the timeout. With the embedded catalog
+        every host reads the one catalog: nothing to wait for."""
         if not self.replicated:
             return []
         cut, cut_regions = self.cut_set(), self.cut_regions()
@@ -146,7 +147,7 @@ class Lab:
         # term), while a replica on the majority side already holds later, committed messages.
         stream, _ = fleet.stream_seq(self.run_dir)
         seen = [fleet.replica_seq(fleet.host_dir(self.run_dir, n.name) / "state") or 0 for n in hosts]
-        target = max([*seen, stream or 0])
+        target = max([*seen, stream or 0, at_least])
         if stream is None and not target:
             return [n.name for n in hosts]
         deadline = time.monotonic() + timeout

@@ -98,16 +98,17 @@ def test_a_cut_region_serves_its_last_state_and_every_replica_ends_identical(fle
         print(f"\nwrite inside the cut region: {done.stderr.strip()} ({time.monotonic() - started:.1f} s)")
 
         # Outside, the operator writes through the other regions (once they have leaders of their own).
-        def outside() -> None:
+        def outside() -> int:
             with lab.catalog() as cat:
                 cat.create_org("healed")
+                return int(cat.replica_seq())  # type: ignore[attr-defined]  # its own replica: the write's seq
 
-        _eventually(outside, 40)
+        written = _eventually(outside, 40)
     finally:
         lab.heal("gru")
 
-    behind = lab.wait_replicas(timeout=30)
-    assert not behind, f"replicas behind after the heal: {behind}"
+    behind = lab.wait_replicas(timeout=30, at_least=written)
+    assert not behind, f"replicas behind seq {written} after the heal: {behind}"
     states = {n.name: _rows(fleet.host_dir(lab.run_dir, n.name) / "state") for n in lab.plan.hosts()}
     reference = states["worker-sjc"]
     assert any(kind == "org" and key == "healed" for kind, key, _ in reference)
