@@ -14,7 +14,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -271,7 +271,7 @@ class Catalog:
     ) -> App:
         check_name(name, "app")
         doc = dict(config or {})
-        appconfig.from_doc(doc)  # refuse a malformed config before anything is written
+        parsed = appconfig.from_doc(doc)  # refuse a malformed config before anything is written
         if doc.get("primary_region"):
             self.regions.get(str(doc["primary_region"]))
         with self._write() as tx:
@@ -285,14 +285,19 @@ class Catalog:
             elif existing.org != org:
                 raise Conflict(f"network {net_name!r} belongs to org {existing.org!r}, not {org!r}")
             app = App(name=name, org=org, network=existing.name, config_doc=doc)
+            _claim_hostnames(tx, name, parsed.hostnames)
             tx.put(app)
         return app
 
     def set_app_config(self, name: str, config: dict[str, Any]) -> App:
-        appconfig.from_doc(config)
+        parsed = appconfig.from_doc(config)
         with self._write() as tx:
             app = tx.need(App, "app", name)
             updated = App(name=app.name, org=app.org, network=app.network, config_doc=dict(config))
+            held = _hostnames_of(app)
+            for hostname in held - set(parsed.hostnames):
+                tx.release_address(_hostname_key(hostname))
+            _claim_hostnames(tx, name, [h for h in parsed.hostnames if h not in held])
             tx.put(updated)
         return updated
 
@@ -301,6 +306,8 @@ class Catalog:
             app = tx.need(App, "app", name)
             if any(m.app == name for m in tx.all(Machine, "machine")):
                 raise Conflict(f"app {name!r} still has machines; scale it to 0 first")
+            for hostname in _hostnames_of(app):
+                tx.release_address(_hostname_key(hostname))
             tx.delete(app)
 
     # -- hosts ----------------------------------------------------------------------------------
@@ -477,6 +484,30 @@ class Catalog:
             tx.release_address(peer.address)
             tx.delete(peer)
         return peer
+
+
+def _hostname_key(hostname: str) -> str:
+    """The unique claim (in the `addresses` table) that makes a hostname belong to one app."""
+    return f"hostname:{hostname}"
+
+
+def _hostnames_of(app: App) -> set[str]:
+    """The hostnames `app` holds claims for (its config was validated when it was written)."""
+    try:
+        return set(app.config.hostnames)
+    except CatalogError:
+        return set()
+
+
+def _claim_hostnames(tx: _Tx, app: str, hostnames: Iterable[str]) -> None:
+    """Claim each hostname for `app`, in the write's transaction: a hostname held by another app refuses the
+    whole write. The error does not name the holder (it may be another org's app)."""
+    for hostname in hostnames:
+        try:
+            tx.claim_address(_hostname_key(hostname), f"app/{app}")
+        except Conflict:
+            raise Conflict(f"hostname {hostname!r} belongs to another app; an app can only claim a hostname "
+                           "no other app holds") from None
 
 
 def _check_state(state: str) -> None:

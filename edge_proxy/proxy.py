@@ -95,7 +95,11 @@ class EdgeProxy:
     # -- state from the catalog -------------------------------------------------------------------
 
     def update(self, state: State) -> None:
+        previous = self.table.contested
         self.table = RoutingTable(state, self.config.domain)
+        if self.table.contested != previous and self.table.contested:
+            log.warning("hostnames listed by more than one app, routed to none of them: %s",
+                        ", ".join(sorted(self.table.contested)))
         self._keys = {}  # a machine's address can change with the catalog
         self.pool.retain({self.resolve(m) for app in self.table.apps.values() for m in app.machines if m.started})
 

@@ -232,13 +232,12 @@ STEERING_HEADERS = frozenset({b"fly-prefer-region", b"fly-force-region", b"fly-p
 
 
 def app_for_host(host: str, domain: str, hostnames: dict[str, str], apps: Collection[str]) -> str | None:
-    """The app a Host header names: a configured hostname, or `<app>.<domain>`."""
+    """The app a Host header names: `<app>.<domain>` (the edge's own domain: no app's `hostnames` can take it
+    from the app it names), else a configured hostname."""
     host = host.lower().rstrip(".")
-    if host in hostnames:
-        return hostnames[host]
     suffix = "." + domain.lower().strip(".")
     if host.endswith(suffix):
         name = host[: -len(suffix)]
         if "." not in name and name in apps:
             return name
-    return None
+    return hostnames.get(host)
