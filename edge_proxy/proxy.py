@@ -23,10 +23,10 @@ from collections.abc import Callable
 from typing import IO
 
 from catalog import State, default_regions
-from edge_proxy import fastpath
+from edge_proxy import fastpath, fields
 from edge_proxy.config import ProxyConfig
 from edge_proxy.errors import HttpError, UpstreamError
-from edge_proxy.fastpath import OWNED, Pending
+from edge_proxy.fastpath import Pending
 from edge_proxy.health import HealthBook, LoadBook, RttBook
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import Key, UpstreamPool
@@ -345,8 +345,8 @@ class EdgeProxy:
         if client_ip.startswith("::ffff:"):
             client_ip = client_ip[7:]
         ip = client_ip.encode()
-        # One pass: drop hop-by-hop and edge-owned fields, collect the ones we append to.
-        drop = h.HOP_BY_HOP | OWNED
+        # One pass: drop hop-by-hop and edge-owned fields (and their `_` spellings), collect the ones we append to.
+        drop = fields.DROPPED
         named = h.connection_tokens(ex.head.headers)
         if named:
             drop = drop | named

@@ -18,6 +18,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edge_proxy import fields
+
 Outcome = Literal["ok", "no_machines", "at_capacity", "forced_unavailable"]
 
 
@@ -227,8 +229,7 @@ def steering_from_headers(get: Iterable[tuple[bytes, bytes]]) -> Steering:
     )
 
 
-STEERING_HEADERS = frozenset({b"fly-prefer-region", b"fly-force-region", b"fly-prefer-instance-id",
-                            b"fly-force-instance-id"})
+STEERING_HEADERS = fields.STEERING
 
 
 def app_for_host(host: str, domain: str, hostnames: dict[str, str], apps: Collection[str]) -> str | None:

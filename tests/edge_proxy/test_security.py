@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.edge_proxy.harness import Lab, aio, edge_lab, request
@@ -58,3 +59,68 @@ async def test_another_orgs_app_cannot_take_app_dot_domain(tmp_path: Path) -> No
             finally:
                 client.close()
         assert lab.backends["evil"].seen and all(ex.head.host == b"evil.test" for ex in lab.backends["evil"].seen)
+
+
+#: Underscore spellings of fields the edge owns or appends to: CGI/WSGI/Rack read each as the real one.
+SPOOFED = {"Fly_Client_IP": "6.6.6.6", "X_Forwarded_For": "6.6.6.6", "x_forwarded-proto": "https",
+           "Fly_Region": "evil", "FLY_REQUEST_ID": "forged", "X-Forwarded_Ssl": "on", "Fly_Replay_Src": "x",
+           "Transfer_Encoding": "chunked", "Proxy_Authorization": "Basic eA==", "X_Custom": "kept"}
+
+
+def check_unspoofed(received: list[list[str]]) -> None:
+    """What the machine saw: no `_` spelling of an edge field, the edge's own values, other fields intact."""
+    names = {k.lower(): v for k, v in received}
+    assert not [k for k in names if "_" in k and k != "x_custom"], received
+    assert names["fly-client-ip"] == "127.0.0.1" and names["x-forwarded-for"] == "127.0.0.1"
+    assert names["x-forwarded-proto"] in ("http", "https") and names["fly-region"] == "gru"
+    assert names["x_custom"] == "kept"  # an underscore field the edge does not own goes through
+
+
+@aio
+async def test_underscore_spellings_of_edge_fields_never_reach_the_app(tmp_path: Path) -> None:
+    from edge_proxy.tls import make_self_signed
+    from tests.edge_proxy.test_h2 import Client as H2Client
+
+    certs = tmp_path / "certs"
+    make_self_signed("web.sixpn.test", certs)
+    async with edge_lab(tmp_path, {"acme": ("web", "gru")}, tls_listen=("127.0.0.1:0",),
+                        cert_dir=str(certs)) as lab:
+        proxy = lab.service.proxy
+        assert (await request(lab.port)).status == 200  # a pooled connection for the lane and the fast path
+        lane, fast = count_lane(proxy), count_fast(proxy)
+        client = await Client.open(lab.port)
+        try:
+            r = await client.get(headers={"Keep_Alive": "timeout=5", "X_Custom": "kept"})
+            assert r.status == 200 and [k for k, _ in r.json()["headers"] if "_" in k] == ["x_custom"]
+            assert lane == [True]  # the lane drops a `Keep_Alive` itself
+            r = await client.get(headers=SPOOFED)  # the lane declines: the fast path
+            check_unspoofed(r.json()["headers"])
+            assert lane == [True, False] and fast == [True]
+            r = await client.get(headers={**SPOOFED, "Fly-Prefer-Region": "gru"})  # the general path
+            check_unspoofed(r.json()["headers"])
+            assert fast == [True, False]
+            body = "".join(f"{k}: {v}\r\n" for k, v in SPOOFED.items() if k != "Transfer_Encoding")
+            client.send(f"POST / HTTP/1.1\r\nHost: web.sixpn.test\r\n{body}Content-Length: 2\r\n\r\nhi".encode())
+            r = await client.response()
+            assert r.json()["body_len"] == 2
+            check_unspoofed(r.json()["headers"])
+        finally:
+            client.close()
+        # HTTP/2 (TLS, ALPN h2): the general path again, from another front end.
+        h2 = await H2Client.open(lab.service.addresses[1][1], certs / "web.sixpn.test.crt")
+        try:
+            stream = h2.conn.get_next_available_stream_id()
+            h2.conn.send_headers(stream, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https"),
+                                          (b":authority", b"web.sixpn.test"),
+                                          *((k.lower().encode(), v.encode()) for k, v in SPOOFED.items()
+                                            if k != "Transfer_Encoding")], end_stream=True)
+            h2.flush()
+            data = b""
+            ended = False
+            while not ended:
+                for event in await h2.events():
+                    data += getattr(event, "data", b"") or b""
+                    ended = ended or type(event).__name__ == "StreamEnded"
+            check_unspoofed(json.loads(data)["headers"])
+        finally:
+            h2.writer.close()
