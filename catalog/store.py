@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from catalog import addressing, appconfig
+from catalog import addressing, appconfig, private
 from catalog.errors import CatalogError, Conflict, InvalidWrite, NotFound
 from catalog.models import (
     DESIRED_STATES,
@@ -153,10 +153,13 @@ class Catalog:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.regions = regions or default_regions()
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.db = sqlite3.connect(
-                self.state_dir / DB_FILE, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
+            # Every org's config and [env] are in here: 0700, and the database 0600 before SQLite opens it
+            # (SQLite gives its -wal and -shm files the database file's mode; older ones are tightened).
+            private.private_dir(self.state_dir)
+            db_path = private.private_file(self.state_dir / DB_FILE)
+            for suffix in ("-wal", "-shm"):
+                private.tighten(self.state_dir / (DB_FILE + suffix))
+            self.db = sqlite3.connect(db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=30000")

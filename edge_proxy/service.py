@@ -22,6 +22,7 @@ from typing import IO
 import uvloop
 
 from catalog import Catalog, Follower, NotFound, State
+from catalog.private import open_append_text
 from edge_proxy.config import ConfigError, ProxyConfig, parse_hostport
 from edge_proxy.h2server import AlpnDispatch, H2Server
 from edge_proxy.health import Checker
@@ -218,7 +219,7 @@ def _open_log(target: str) -> IO[str] | None:
         return sys.stderr
     if not target:
         return None
-    return open(target, "a", buffering=1)
+    return open_append_text(target)  # 0600: paths, query strings and client addresses
 
 
 def serve(config: ProxyConfig, state_dir: Path) -> int:
