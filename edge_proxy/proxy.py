@@ -14,6 +14,7 @@ Proxy-originated errors carry `fly-proxy-error: <code>` and the same code in the
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import json
 import logging
 import random
@@ -82,6 +83,7 @@ class EdgeProxy:
         self.region_bytes = region.encode()
         self.server_name = config.name.encode()
         self.connections: set[ServerConnection] = set()
+        self.clients: dict[str, int] = {}  # open connections by `client_key`
         # Request ids: a per-process random prefix and a counter (unique per worker, no entropy per request).
         self._id_prefix = f"{random.getrandbits(48):012x}"
         self._id_prefix_bytes = self._id_prefix.encode()
@@ -317,6 +319,14 @@ class EdgeProxy:
         machine = conn.state.pop("machine", None)
         if machine is not None:
             self.load.add(self.load.connections, machine, -1)
+        client = conn.state.pop("client", None)
+        if client is not None:
+            count = self.clients[client] - 1
+            assert count >= 0, f"client {client}: connections counted below zero"
+            if count:
+                self.clients[client] = count
+            else:
+                del self.clients[client]
 
     def connection_opened(self, conn: ServerConnection) -> None:
         if len(self.connections) >= self.config.max_connections:
@@ -324,6 +334,15 @@ class EdgeProxy:
             self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH04")
             conn.abort()
             return
+        client = client_key(conn.peer[0])
+        count = self.clients.get(client, 0)
+        if count >= self.config.max_connections_per_client:
+            # One client cannot hold the worker's connections: everyone else keeps theirs (Slowloris, floods).
+            self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH07")
+            conn.abort()
+            return
+        self.clients[client] = count + 1
+        conn.state["client"] = client
         self.connections.add(conn)
         conn.on_reject = self._rejected
 
@@ -467,3 +486,16 @@ def headers_request_id(headers: h.Headers) -> bytes:
 
 
 ProxyFactory = Callable[[], ServerConnection]
+
+
+def client_key(ip: str) -> str:
+    """Whose connection this is, for `max_connections_per_client`: an IPv4 address, or an IPv6 address's /64
+    (one subscriber's usual allocation: per address, a single host could take 2^64 of them)."""
+    if ip.startswith("::ffff:"):
+        return ip[7:]
+    if ":" not in ip:
+        return ip
+    try:
+        return ipaddress.IPv6Address(ip.partition("%")[0]).exploded[:19]
+    except ValueError:
+        return ip

@@ -87,6 +87,7 @@ class ServerConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._deadline = 0.0  # monotonic time of the pending head/idle timeout; 0 = none
+        self._first_deadline = 0.0  # the first head's deadline (`ServerLimits.first_head_timeout`); 0 = none
         self._body_seen = 0.0  # when request body bytes last arrived (for body_timeout)
         self._swept = False  # registered with the loop's sweeper
         # A fast-path exchange's first-byte deadline, checked by the sweeper like the head/idle ones (no
@@ -109,7 +110,12 @@ class ServerConnection(asyncio.Protocol):
             self.peer = (str(peer[0]), int(peer[1]))
         if sock:
             self.local_port = int(sock[1])
-        self._arm(self.limits.idle_timeout)
+        first = self.limits.first_head_timeout
+        if first is not None and first < self.limits.idle_timeout:
+            self._arm(first)
+            self._first_deadline = self._deadline
+        else:
+            self._arm(self.limits.idle_timeout)
         if self._on_open is not None:
             self._on_open(self)
 
@@ -193,7 +199,9 @@ class ServerConnection(asyncio.Protocol):
         self._headers = []
         self._size = 0
         self._noted = _NONE
-        if self._current is None:
+        # Not for the first head while its deadline from the accept still stands (nothing re-armed it since):
+        # trickling bytes must not buy a new connection more time.
+        if self._current is None and not (self._deadline and self._deadline == self._first_deadline):
             self._arm(self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:

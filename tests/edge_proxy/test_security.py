@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from edge_proxy.proxy import EdgeProxy
 from tests.edge_proxy.harness import Lab, aio, edge_lab, request
 from tests.edge_proxy.test_fastpath import count_fast
 from tests.edge_proxy.test_lane import Client, count_lane
@@ -124,3 +129,76 @@ async def test_underscore_spellings_of_edge_fields_never_reach_the_app(tmp_path:
             check_unspoofed(json.loads(data)["headers"])
         finally:
             h2.writer.close()
+
+
+# -- one client against the others: connections (issue 15, "edge connection cap shared by all") ---------------
+
+async def open_from(source: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection from another loopback address (all of 127/8 is this host's): another client to the edge."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+def refused(proxy: EdgeProxy, code: str) -> int:
+    """Connections the edge closed at once with `code` (its errors counter)."""
+    found = re.search(rf'sixpn_edge_proxy_errors_total{{code="{code}"}} (\d+)', proxy.metrics.render())
+    return int(found[1]) if found else 0
+
+
+async def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+@aio
+async def test_one_client_holding_connections_cannot_deny_another(tmp_path: Path) -> None:
+    """The attacker (127.0.0.2) opens more idle connections than the worker holds; another client (127.0.0.1)
+    is still served, every time."""
+    async with edge_lab(tmp_path, {"acme": ("web", "gru")}, max_connections=60, max_connections_per_client=20,
+                        first_head_timeout=30.0) as lab:
+        proxy = lab.service.proxy
+        held = [await open_from("127.0.0.2", lab.port) for _ in range(80)]
+        try:
+            await wait_for(lambda: len(proxy.connections) + refused(proxy, "PH04") + refused(proxy, "PH07") == 80)
+            statuses = []
+            for _ in range(20):
+                try:
+                    statuses.append((await request(lab.port)).status)
+                except AssertionError:  # not an HTTP response: the edge closed the connection at once
+                    statuses.append(0)
+            assert statuses == [200] * 20
+            assert refused(proxy, "PH07") == 60 and refused(proxy, "PH04") == 0
+            assert proxy.clients == {"127.0.0.2": 20}
+        finally:
+            for _, writer in held:
+                writer.close()
+        await wait_for(lambda: not proxy.clients and not proxy.connections)
+
+
+@aio
+async def test_idle_and_trickling_new_connections_are_cut_early(tmp_path: Path) -> None:
+    """Slowloris: a new connection gets `first_head_timeout` from the accept for its first head, idle or
+    trickling; a client that sent a request keeps its keep-alive connection for the idle timeout."""
+    async with edge_lab(tmp_path, {"acme": ("web", "gru")}, first_head_timeout=0.5, header_timeout=10.0,
+                        idle_timeout=60.0) as lab:
+        proxy = lab.service.proxy
+        keep = await Client.open(lab.port)
+        try:
+            assert (await keep.get()).status == 200
+            idle = [await open_from("127.0.0.2", lab.port) for _ in range(10)]
+            trickle_reader, trickle = await open_from("127.0.0.2", lab.port)
+            started = time.monotonic()
+            for part in (b"GET / HTTP/1.1\r\n", b"Host: web.sixpn.test\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n"):
+                trickle.write(part)
+                await asyncio.sleep(0.2)
+            async with asyncio.timeout(3):
+                answer = await trickle_reader.read()
+                for reader, _ in idle:
+                    assert await reader.read() == b""  # closed by the edge, silently (nothing was asked)
+            assert answer.startswith(b"HTTP/1.1 408") and b"PH03" in answer
+            assert time.monotonic() - started < 3  # not header_timeout (10 s) from the first byte
+            r = await keep.get()  # the keep-alive connection that sent a request is still there
+            assert r.status == 200
+            await wait_for(lambda: len(proxy.connections) == 1)
+        finally:
+            keep.close()
