@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
+import time
 
 import dns.message
 import dns.rdatatype
@@ -94,3 +97,56 @@ def test_dig_sees_no_other_networks_writes_in_the_soa(world: World) -> None:
         assert dig_soa_serial(host, port, "nope4.internal", "+tcp") == first
         world.catalog.set_machine_state(world.web_sjc.id, "stopped")  # acme
         eventually(lambda: dig_soa_serial(host, port, "nope5.internal") > first)
+
+
+# -- TCP: one source against the others (issue 15, "DNS TCP cap shared") -----------------------------------
+
+def dig_tcp(host: str, port: int, name: str = "web.internal") -> list[str]:
+    out = subprocess.run(["dig", f"@{host}", "-p", str(port), name, "AAAA", "+tcp", "+short", "+tries=1",
+                          "+time=3"], capture_output=True, text=True, timeout=10)
+    return out.stdout.split() if out.returncode == 0 else [f"dig failed: {out.stdout.strip()}"]
+
+
+def test_one_source_holding_tcp_connections_cannot_deny_another(world: World) -> None:
+    """300 idle TCP connections from one source (127.0.0.2) leave the server answering another (127.0.0.1)."""
+    want = sorted([world.web_gru.address, world.web_ams.address, world.web_sjc.address])
+    with running(world.catalog.state_dir, listen=(("127.0.0.1", 0),), source_override=world.acme_source,
+                 tcp_first_timeout=30.0, tcp_idle_timeout=30.0) as server:
+        host, port = server.addresses[0]
+        held: list[socket.socket] = []
+        try:
+            for _ in range(300):
+                held.append(socket.create_connection((host, port), timeout=5, source_address=("127.0.0.2", 0)))
+            eventually(lambda: server.tcp_book.by_source == {"127.0.0.2": 32})
+            assert [sorted(dig_tcp(host, port)) for _ in range(5)] == [want] * 5
+        finally:
+            for sock in held:
+                sock.close()
+        eventually(lambda: server.tcp_book.open == 0)
+
+
+def test_idle_and_trickling_tcp_connections_are_closed(world: World) -> None:
+    """A new connection gets `tcp_first_timeout` for its first whole query: idle or trickling, it is closed."""
+    with running(world.catalog.state_dir, listen=(("127.0.0.1", 0),), source_override=world.acme_source,
+                 tcp_first_timeout=0.5, tcp_idle_timeout=10.0) as server:
+        host, port = server.addresses[0]
+        query = dns.message.make_query("a-longer-name-that-takes-a-while-to-trickle.web.internal", "AAAA").to_wire()
+        framed = struct.pack("!H", len(query)) + query
+        idle = socket.create_connection((host, port), timeout=5)
+        trickle = socket.create_connection((host, port), timeout=5)
+        started = time.monotonic()
+        try:
+            closed_after: float | None = None
+            for i in range(len(framed) - 1):  # never the last byte: no query is ever complete
+                try:
+                    trickle.sendall(framed[i : i + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - started
+                    break
+                time.sleep(0.05)
+            assert closed_after is not None and closed_after < 2.0  # not 10 s re-armed by every byte
+            assert idle.recv(10) == b""
+        finally:
+            idle.close()
+            trickle.close()
+        assert dig_tcp(host, port)  # answered as ever
