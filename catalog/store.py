@@ -182,6 +182,7 @@ class Catalog:
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+            _claim_existing_hostnames(_Tx(self.db))
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -500,6 +501,22 @@ def _hostnames_of(app: App) -> set[str]:
         return set(app.config.hostnames)
     except CatalogError:
         return set()
+
+
+def _claim_existing_hostnames(tx: _Tx) -> None:
+    """Once per catalog: claims for the hostnames of apps written before hostnames were claimed, oldest write
+    first; a hostname two such apps list stays with the first (the edge routes a name two apps list to neither
+    until one of them drops it)."""
+    if tx.db.execute("SELECT 1 FROM counters WHERE name='hostname_claims'").fetchone():
+        return
+    rows = tx.db.execute("SELECT data FROM records WHERE kind='app' ORDER BY version").fetchall()
+    for (data,) in rows:
+        app = decode("app", json.loads(data))
+        assert isinstance(app, App)
+        for hostname in sorted(_hostnames_of(app)):
+            tx.db.execute("INSERT OR IGNORE INTO addresses (address, owner) VALUES (?, ?)",
+                          (_hostname_key(hostname), f"app/{app.name}"))
+    tx.db.execute("INSERT INTO counters (name, value) VALUES ('hostname_claims', 1)")
 
 
 def _claim_hostnames(tx: _Tx, app: str, hostnames: Iterable[str]) -> None:

@@ -123,3 +123,20 @@ def test_state_with_two_owners_routes_the_name_to_neither() -> None:
     assert route is not None and route.name == "web"
     route = table.app_for_host("mine.test")
     assert route is not None and route.name == "evil"
+
+
+def test_a_catalog_from_before_claims_gets_them_on_open(tmp_path: Path) -> None:
+    """Apps written before hostnames were claimed: their claims are made once, when the catalog is opened."""
+    import sqlite3
+
+    with Catalog(tmp_path / "state") as cat:
+        cat.create_org("acme")
+        cat.create_org("globex")
+        cat.create_app("web", "acme", config=config("web", "shop.example.com"))
+    db = sqlite3.connect(tmp_path / "state" / "catalog.db")
+    with db:  # as an older catalog left it: no claims, no marker
+        db.execute("DELETE FROM addresses WHERE address LIKE 'hostname:%'")
+        db.execute("DELETE FROM counters WHERE name='hostname_claims'")
+    db.close()
+    with Catalog(tmp_path / "state") as cat, pytest.raises(Conflict):
+        cat.create_app("evil", "globex", config=config("evil", "shop.example.com"))

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from edge_proxy.proxy import EdgeProxy
 from tests.edge_proxy.harness import Lab, aio, edge_lab, request
@@ -202,3 +205,19 @@ async def test_idle_and_trickling_new_connections_are_cut_early(tmp_path: Path) 
             await wait_for(lambda: len(proxy.connections) == 1)
         finally:
             keep.close()
+
+
+def test_a_contested_hostname_is_logged_once_and_routed_to_none(caplog: pytest.LogCaptureFixture) -> None:
+    from catalog import App, State
+    from edge_proxy.config import ProxyConfig
+
+    proxy = EdgeProxy(ProxyConfig(access_log=""), "gru")
+    state = State(version=1)
+    state.put(App("web", "acme", "acme", {"hostnames": ["shop.example.com"]}))
+    state.put(App("evil", "globex", "globex", {"hostnames": ["shop.example.com"]}))
+    with caplog.at_level(logging.WARNING, logger="edge_proxy"):
+        proxy.update(state)
+        proxy.update(state)  # the same contest: not logged again
+    assert [r.getMessage() for r in caplog.records] == [
+        "hostnames listed by more than one app, routed to none of them: shop.example.com"]
+    assert proxy.table.app_for_host_header(b"shop.example.com") is None
