@@ -221,3 +221,20 @@ def test_a_contested_hostname_is_logged_once_and_routed_to_none(caplog: pytest.L
     assert [r.getMessage() for r in caplog.records] == [
         "hostnames listed by more than one app, routed to none of them: shop.example.com"]
     assert proxy.table.app_for_host_header(b"shop.example.com") is None
+
+
+@aio
+async def test_steering_and_replay_never_leave_the_apps_network(tmp_path: Path) -> None:
+    """A client forcing another org's machine id, and an app replaying to one, reach nothing outside the app."""
+    async with edge_lab(tmp_path, TENANTS) as lab:
+        evil = lab.machines["evil"]
+        r = await request(lab.port, headers={"fly-force-instance-id": evil})
+        assert r.status == 503 and r.header("fly-proxy-error") == "PR09"
+        r = await request(lab.port, headers={"fly-prefer-instance-id": evil})
+        assert r.status == 200 and r.json()["machine"] == "acme"
+        for replay in (f"instance={evil}", "app=elsewhere", f"prefer_instance={evil}"):
+            lab.backends["acme"].replay, lab.backends["acme"].replay_first_only = replay, True
+            r = await request(lab.port)
+            assert r.status in (200, 502, 503), (replay, r)
+            assert r.status != 200 or r.json()["machine"] == "acme", replay
+        assert lab.backends["evil"].seen == []
