@@ -84,6 +84,9 @@ class EdgeProxy:
         self.server_name = config.name.encode()
         self.connections: set[ServerConnection] = set()
         self.clients: dict[str, int] = {}  # open connections by `client_key`
+        # Open connections, oldest first, that may still be waiting for their first request head (entries of
+        # connections that have sent one are dropped when `_evict_new` meets them: no work per request).
+        self._new: dict[ServerConnection, None] = {}
         # Request ids: a per-process random prefix and a counter (unique per worker, no entropy per request).
         self._id_prefix = f"{random.getrandbits(48):012x}"
         self._id_prefix_bytes = self._id_prefix.encode()
@@ -316,6 +319,7 @@ class EdgeProxy:
 
     def connection_closed(self, conn: ServerConnection) -> None:
         self.connections.discard(conn)
+        self._new.pop(conn, None)
         machine = conn.state.pop("machine", None)
         if machine is not None:
             self.load.add(self.load.connections, machine, -1)
@@ -329,7 +333,7 @@ class EdgeProxy:
                 del self.clients[client]
 
     def connection_opened(self, conn: ServerConnection) -> None:
-        if len(self.connections) >= self.config.max_connections:
+        if len(self.connections) >= self.config.max_connections and not self._evict_new():
             # Bounded per worker: a flood of connections cannot exhaust memory or file descriptors.
             self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH04")
             conn.abort()
@@ -344,7 +348,23 @@ class EdgeProxy:
         self.clients[client] = count + 1
         conn.state["client"] = client
         self.connections.add(conn)
+        self._new[conn] = None
         conn.on_reject = self._rejected
+
+    def _evict_new(self) -> bool:
+        """At `max_connections`: close the oldest connection that is still waiting for its first request head (a
+        Slowloris holds new connections idle or trickling, from as many addresses as it has), so held new
+        connections cannot shut everyone else out; False when every open connection has sent a request."""
+        new = self._new
+        while new:
+            conn = next(iter(new))
+            del new[conn]
+            if conn.awaiting_first_head and not conn.closed:
+                self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH08")
+                self.connections.discard(conn)  # its slot is the new one's now; `connection_closed` follows
+                conn.abort()
+                return True
+        return False
 
     def _rejected(self, conn: ServerConnection, exc: HttpError) -> None:
         self.metrics.inc("sixpn_edge_proxy_errors_total", code=exc.code)

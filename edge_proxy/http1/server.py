@@ -199,9 +199,9 @@ class ServerConnection(asyncio.Protocol):
         self._headers = []
         self._size = 0
         self._noted = _NONE
-        # Not for the first head while its deadline from the accept still stands (nothing re-armed it since):
-        # trickling bytes must not buy a new connection more time.
-        if self._current is None and not (self._deadline and self._deadline == self._first_deadline):
+        # Not for the first head while its deadline from the accept still stands: trickling bytes must not buy
+        # a new connection more time.
+        if self._current is None and not self.awaiting_first_head:
             self._arm(self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -440,6 +440,12 @@ class ServerConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closing = True
             self.transport.abort()
+
+    @property
+    def awaiting_first_head(self) -> bool:
+        """A new connection still inside `first_head_timeout` with no request head complete (idle or trickling):
+        the deadline from the accept is still the one armed (a request in flight or done re-arms or clears it)."""
+        return self._first_deadline != 0.0 and self._deadline == self._first_deadline
 
     @property
     def idle(self) -> bool:

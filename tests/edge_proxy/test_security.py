@@ -238,3 +238,33 @@ async def test_steering_and_replay_never_leave_the_apps_network(tmp_path: Path) 
             assert r.status in (200, 502, 503), (replay, r)
             assert r.status != 200 or r.json()["machine"] == "acme", replay
         assert lab.backends["evil"].seen == []
+
+
+@aio
+async def test_new_connections_held_from_many_addresses_are_evicted_at_the_cap(tmp_path: Path) -> None:
+    """A Slowloris from many addresses (each under the per-client limit) fills the worker's `max_connections`
+    with new connections that never send a request: the oldest of them makes way for each new client."""
+    async with edge_lab(tmp_path, {"acme": ("web", "gru")}, max_connections=40, first_head_timeout=30.0) as lab:
+        proxy = lab.service.proxy
+        busy = await Client.open(lab.port)  # a client in the middle of its keep-alive: never evicted
+        held = [await open_from(f"127.0.0.{2 + i}", lab.port) for i in range(39)]
+        try:
+            assert (await busy.get()).status == 200
+            await wait_for(lambda: len(proxy.connections) == 40)
+            clients = [await Client.open(lab.port) for _ in range(20)]  # new clients that stay (keep-alive)
+            try:
+                assert [(await c.get()).status for c in clients] == [200] * 20
+            finally:
+                for c in clients:
+                    c.close()
+            assert refused(proxy, "PH08") == 20 and refused(proxy, "PH04") == 0
+            assert (await busy.get()).status == 200
+            closed = 0
+            for reader, _ in held[:20]:  # the oldest ones went
+                async with asyncio.timeout(2):
+                    closed += await reader.read() == b""
+            assert closed == 20
+        finally:
+            busy.close()
+            for _, writer in held:
+                writer.close()
