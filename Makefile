@@ -45,7 +45,7 @@ demo: setup
 	$(VENV)/bin/sixpn demo $(DEMO_ARGS)
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(STAMPS) $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -68,6 +68,13 @@ def machine_gateway(network_id: int, host_id: int, slot_id: int) -> ipaddress.IP
     return _join(network_id, host_id, slot_id, 1)
 
 
+def machine_link(machine_id: str) -> str:
+    """The name of a machine's veth on its worker: `m<machine id>`, 15 characters (Linux's limit). Whoever
+    builds machines names it so; the mesh agent's isolation lets 6PN in from exactly these interfaces, each
+    bound to its machine's /112 (wgmesh/nftrules.py)."""
+    return f"m{machine_id}"
+
+
 def peer_prefix(network_id: int, host_id: int, slot_id: int) -> ipaddress.IPv6Network:
     """A WireGuard peer's /120, carved from its gateway host's space in the network."""
     return ipaddress.IPv6Network((_join(network_id, host_id, slot_id, 0x100), 120))

@@ -21,3 +21,11 @@ class InvalidWrite(CatalogError):
 
 class ConfigError(CatalogError):
     """An app config (fly.toml-shaped) is malformed; the message names the key's path."""
+
+
+class ClusterUnavailable(CatalogError):
+    """The replicated catalog's NATS cluster cannot be reached, or has no quorum: nothing was written."""
+
+
+class WriteConflict(CatalogError):
+    """Another writer published first (compare-and-set failed): the write is validated again and retried."""

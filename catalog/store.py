@@ -8,20 +8,22 @@ it changes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from catalog import addressing, appconfig, private
-from catalog.errors import CatalogError, Conflict, InvalidWrite, NotFound
+from catalog import addressing, appconfig, private, replica
+from catalog.errors import CatalogError, Conflict, InvalidWrite, NotFound, WriteConflict
 from catalog.models import (
     DESIRED_STATES,
     HEALTH_STATES,
@@ -48,6 +50,27 @@ from catalog.regions import RegionTable, default_regions
 from catalog.state import State
 
 R = TypeVar("R", bound=Record)
+F = TypeVar("F", bound=Callable[..., Any])
+WRITE_ATTEMPTS = 30
+
+
+def write_op(method: F) -> F:
+    """A write method: run again from the start when a replicated catalog reports that another writer
+    published first (validation then sees the other write). The embedded catalog never conflicts."""
+
+    @functools.wraps(method)
+    def wrapper(self: Catalog, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return method(self, *args, **kwargs)
+            except WriteConflict:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise WriteConflict(f"gave up after {WRITE_ATTEMPTS} racing writes; try again") from None
+                # Jittered backoff: writers that lost together must not collide again in lockstep.
+                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 MACHINE_ID = re.compile(r"^[0-9a-f]{14}$")
@@ -84,10 +107,12 @@ def new_machine_id() -> str:
 
 
 class _Tx:
-    """The open write transaction: reads see its own writes."""
+    """The open write transaction: reads see its own writes; `ops` records every write it made, in order
+    (what a replicated catalog publishes instead of committing locally: see `catalog.replica`)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.ops: list[list[Any]] = []
 
     def get(self, cls: type[R], kind: str, key: str) -> R | None:
         row = self.db.execute("SELECT data FROM records WHERE kind=? AND key=?", (kind, key)).fetchone()
@@ -117,6 +142,7 @@ class _Tx:
         return cur.lastrowid
 
     def put(self, record: Record) -> None:
+        self.ops.append(["put", kind_of(record), encode(record)])
         version = self._log("put", record)
         self.db.execute(
             "INSERT OR REPLACE INTO records (kind, key, data, version) VALUES (?, ?, ?, ?)",
@@ -124,6 +150,7 @@ class _Tx:
         )
 
     def delete(self, record: Record) -> None:
+        self.ops.append(["delete", kind_of(record), encode(record)])
         self._log("delete", record)
         self.db.execute("DELETE FROM records WHERE kind=? AND key=?", (kind_of(record), key_of(record)))
 
@@ -133,16 +160,22 @@ class _Tx:
         value = start if row is None else int(row[0]) + 1
         if value > addressing.MAX_ID:
             raise Conflict(f"id space {counter!r} is exhausted")
-        self.db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (counter, value))
+        self.set_counter(counter, value)
         return value
 
+    def set_counter(self, counter: str, value: int) -> None:
+        self.ops.append(["counter", counter, value])
+        self.db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (counter, value))
+
     def claim_address(self, address: str, owner: str) -> None:
+        self.ops.append(["claim", address, owner])
         try:
             self.db.execute("INSERT INTO addresses (address, owner) VALUES (?, ?)", (address, owner))
         except sqlite3.IntegrityError:
             raise Conflict(f"address {address} is already in use") from None
 
     def release_address(self, address: str) -> None:
+        self.ops.append(["release", address])
         self.db.execute("DELETE FROM addresses WHERE address=?", (address,))
 
 
@@ -170,7 +203,7 @@ class Catalog:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> Catalog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -179,10 +212,9 @@ class Catalog:
     def _ensure_schema(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.strip().split(";"):
+            for statement in (_SCHEMA + replica.SCHEMA).strip().split(";"):
                 if statement.strip():
                     self.db.execute(statement)
-            _claim_existing_hostnames(_Tx(self.db))
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -190,6 +222,8 @@ class Catalog:
 
     @contextmanager
     def _write(self, owner: str | None = None) -> Iterator[_Tx]:
+        """One write: validated and made inside one transaction. `owner` names the host a host-owned write
+        belongs to (None: a global write); the embedded catalog commits both alike."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield _Tx(self.db)
@@ -252,6 +286,7 @@ class Catalog:
 
     # -- orgs, networks, apps -------------------------------------------------------------------
 
+    @write_op
     def create_org(self, name: str) -> Org:
         check_name(name, "org")
         with self._write() as tx:
@@ -270,6 +305,7 @@ class Catalog:
         tx.put(network)
         return network
 
+    @write_op
     def create_app(
         self, name: str, org: str, network: str | None = None, config: dict[str, Any] | None = None
     ) -> App:
@@ -289,15 +325,18 @@ class Catalog:
             elif existing.org != org:
                 raise Conflict(f"network {net_name!r} belongs to org {existing.org!r}, not {org!r}")
             app = App(name=name, org=org, network=existing.name, config_doc=doc)
+            _claim_existing_hostnames(tx)
             _claim_hostnames(tx, name, parsed.hostnames)
             tx.put(app)
         return app
 
+    @write_op
     def set_app_config(self, name: str, config: dict[str, Any]) -> App:
         parsed = appconfig.from_doc(config)
         with self._write() as tx:
             app = tx.need(App, "app", name)
             updated = App(name=app.name, org=app.org, network=app.network, config_doc=dict(config))
+            _claim_existing_hostnames(tx)
             held = _hostnames_of(app)
             for hostname in held - set(parsed.hostnames):
                 tx.release_address(_hostname_key(hostname))
@@ -305,6 +344,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def delete_app(self, name: str) -> None:
         with self._write() as tx:
             app = tx.need(App, "app", name)
@@ -316,6 +356,7 @@ class Catalog:
 
     # -- hosts ----------------------------------------------------------------------------------
 
+    @write_op
     def register_host(
         self, name: str, region: str, role: HostRole, underlay: str, public_key: str = "", wg_port: int = 51820
     ) -> Host:
@@ -331,6 +372,7 @@ class Catalog:
             tx.put(host)
         return host
 
+    @write_op
     def set_host_key(self, name: str, public_key: str) -> Host:
         with self._write() as tx:
             host = tx.need(Host, "host", name)
@@ -338,6 +380,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def delete_host(self, name: str) -> None:
         with self._write() as tx:
             host = tx.need(Host, "host", name)
@@ -350,6 +393,7 @@ class Catalog:
 
     # -- machines -------------------------------------------------------------------------------
 
+    @write_op
     def create_machine(
         self,
         app: str,
@@ -390,6 +434,7 @@ class Catalog:
         tx.claim_address(address, owner)
         return address
 
+    @write_op
     def set_machine_state(self, machine_id: str, state: MachineState) -> Machine:
         _check_state(state)
         with self._write() as tx:
@@ -398,6 +443,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def set_machine_desired(self, machine_id: str, desired: Desired) -> Machine:
         """Global: what the machine should be doing; the agent of its host makes it so."""
         if desired not in DESIRED_STATES:
@@ -408,6 +454,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def observe_machine(self, machine_id: str, host: str, **observed: Any) -> Machine:
         """Host-owned: the agent of `host` reports what its machine is doing (`state`, `restarts`, `exit_code`,
         `health`). Refused for a machine placed on another host. The report gets a new `obs_gen` (above the
@@ -428,6 +475,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def move_machine(self, machine_id: str, host: str) -> Machine:
         """Move to another worker: the machine keeps its id and gets an address on the new host."""
         with self._write() as tx:
@@ -442,6 +490,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def set_machine_metadata(self, machine_id: str, metadata: dict[str, str]) -> Machine:
         with self._write() as tx:
             machine = tx.need(Machine, "machine", machine_id)
@@ -449,6 +498,7 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def delete_machine(self, machine_id: str) -> None:
         with self._write() as tx:
             machine = tx.need(Machine, "machine", machine_id)
@@ -457,6 +507,7 @@ class Catalog:
 
     # -- WireGuard peers ------------------------------------------------------------------------
 
+    @write_op
     def create_peer(self, org: str, name: str, host: str, public_key: str, network: str | None = None) -> Peer:
         if not PEER_NAME.match(name):
             raise InvalidWrite(f"peer name {name!r} must be letters, digits and '-'")
@@ -475,6 +526,7 @@ class Catalog:
             tx.put(peer)
         return peer
 
+    @write_op
     def set_peer_key(self, name: str, public_key: str) -> Peer:
         with self._write() as tx:
             peer = tx.need(Peer, "peer", name)
@@ -482,12 +534,22 @@ class Catalog:
             tx.put(updated)
         return updated
 
+    @write_op
     def delete_peer(self, name: str) -> Peer:
         with self._write() as tx:
             peer = tx.need(Peer, "peer", name)
             tx.release_address(peer.address)
             tx.delete(peer)
         return peer
+
+
+def _check_state(state: str) -> None:
+    if state not in MACHINE_STATES:
+        raise InvalidWrite(f"machine state must be one of {', '.join(MACHINE_STATES)}, not {state!r}")
+
+
+def _replace_machine(machine: Machine, **changes: Any) -> Machine:
+    return replace(machine, **changes)
 
 
 def _hostname_key(hostname: str) -> str:
@@ -504,9 +566,10 @@ def _hostnames_of(app: App) -> set[str]:
 
 
 def _claim_existing_hostnames(tx: _Tx) -> None:
-    """Once per catalog: claims for the hostnames of apps written before hostnames were claimed, oldest write
-    first; a hostname two such apps list stays with the first (the edge routes a name two apps list to neither
-    until one of them drops it)."""
+    """Once per catalog, inside the first app write that needs it: claims for the hostnames of apps written
+    before hostnames were claimed, oldest write first (a hostname two such apps list stays with the first; the
+    edge routes a name two apps list to neither until one of them drops it). Ordinary ops of the write, so a
+    replicated catalog publishes them like any other."""
     if tx.db.execute("SELECT 1 FROM counters WHERE name='hostname_claims'").fetchone():
         return
     rows = tx.db.execute("SELECT data FROM records WHERE kind='app' ORDER BY version").fetchall()
@@ -514,9 +577,10 @@ def _claim_existing_hostnames(tx: _Tx) -> None:
         app = decode("app", json.loads(data))
         assert isinstance(app, App)
         for hostname in sorted(_hostnames_of(app)):
-            tx.db.execute("INSERT OR IGNORE INTO addresses (address, owner) VALUES (?, ?)",
-                          (_hostname_key(hostname), f"app/{app.name}"))
-    tx.db.execute("INSERT INTO counters (name, value) VALUES ('hostname_claims', 1)")
+            key = _hostname_key(hostname)
+            if tx.db.execute("SELECT 1 FROM addresses WHERE address=?", (key,)).fetchone() is None:
+                tx.claim_address(key, f"app/{app.name}")
+    tx.set_counter("hostname_claims", 1)
 
 
 def _claim_hostnames(tx: _Tx, app: str, hostnames: Iterable[str]) -> None:
@@ -528,12 +592,3 @@ def _claim_hostnames(tx: _Tx, app: str, hostnames: Iterable[str]) -> None:
         except Conflict:
             raise Conflict(f"hostname {hostname!r} belongs to another app; an app can only claim a hostname "
                            "no other app holds") from None
-
-
-def _check_state(state: str) -> None:
-    if state not in MACHINE_STATES:
-        raise InvalidWrite(f"machine state must be one of {', '.join(MACHINE_STATES)}, not {state!r}")
-
-
-def _replace_machine(machine: Machine, **changes: Any) -> Machine:
-    return replace(machine, **changes)

@@ -139,7 +139,8 @@ class _Due:
 
 
 class Checker:
-    """Runs every machine's HTTP/TCP checks at their interval, and a TCP RTT probe per host."""
+    """Runs the HTTP/TCP checks of every machine that no host agent reports on, at their interval, and a TCP
+    RTT probe per host."""
 
     def __init__(self, health: HealthBook, rtt: RttBook, resolve: Resolver, rtt_interval: float = 2.0) -> None:
         self.health = health
@@ -167,6 +168,7 @@ class Checker:
         if table is None:
             return
         live: set[str] = set()
+        reported: set[str] = set()
         for app in table.apps.values():
             service = app.service
             checks: list[HttpCheck | TcpCheck] = [*service.http_checks, *service.tcp_checks] if service else []
@@ -174,6 +176,12 @@ class Checker:
                 if not machine.started:
                     continue
                 live.add(machine.id)
+                if machine.reported:
+                    # Its host's agent runs the app's checks and publishes the result (fleet.md): N edges do
+                    # not each probe M machines; a critical report already took it out of the table. Only
+                    # the passive marks of this edge's own failed connections still apply.
+                    reported.add(machine.id)
+                    continue
                 self._first_seen.setdefault(machine.id, now)
                 for index, check in enumerate(checks):
                     due = self._due.setdefault((machine.id, index), _Due(now))
@@ -182,7 +190,9 @@ class Checker:
                         due.next_at = now + check.interval
                         self._spawn(self._check(machine.id, machine.host, index, check, due))
         self.health.forget(live)
-        for key in [k for k in self._due if k[0] not in live]:
+        for machine_id in reported:
+            self.health.active.pop(machine_id, None)
+        for key in [k for k in self._due if k[0] not in live or k[0] in reported]:
             del self._due[key]
         if self.rtt.measure:
             self._probe_hosts(table, now)

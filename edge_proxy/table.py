@@ -24,7 +24,8 @@ class MachineRoute:
     host: str
     address: str
     port: int
-    started: bool
+    started: bool  # routable: started, and not failing the checks its host agent runs
+    reported: bool = False  # its host's agent publishes its health: this edge does not probe it
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ class RoutingTable:
             service = config.http_service
             port = service.internal_port if service is not None else 8080
             machines = tuple(
-                MachineRoute(m.id, m.app, m.region, m.host, m.address, port, m.state == "started")
+                MachineRoute(m.id, m.app, m.region, m.host, m.address, port,
+                             m.state == "started" and m.health != "critical", reported=m.health != "")
                 for m in state.machines_of(app.name)
                 if not service or not service.processes or m.process_group in service.processes
             )

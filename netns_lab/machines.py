@@ -68,7 +68,7 @@ def machine_env(machine: Machine, app: App, port: int) -> dict[str, str]:
 
 
 def _veth(machine_id: str) -> str:
-    return f"m{machine_id}"  # 15 characters: the interface-name limit
+    return addressing.machine_link(machine_id)  # the mesh's isolation knows machines by this name
 
 
 class Machines:

@@ -26,5 +26,5 @@ def _optional(name: str) -> None:
     USER_ERRORS = (*USER_ERRORS, *getattr(module, "ERRORS", ()))
 
 
-for _name in ("cmd_lab", "cmd_wg", "cmd_dns", "cmd_proxy", "cmd_litefs", "cmd_demo"):
+for _name in ("cmd_replica", "cmd_lab", "cmd_wg", "cmd_dns", "cmd_proxy", "cmd_litefs", "cmd_demo"):
     _optional(_name)

@@ -45,7 +45,8 @@ class AgentConfig:
 
 
 def set_sysctls() -> None:
-    """Strict reverse-path filtering for IPv4 (RFC 3704 §2.2); IPv6's twin is the nft fib rule."""
+    """Strict reverse-path filtering for IPv4 (RFC 3704 §2.2); for IPv6 the nft table binds sources to
+    interfaces (nftrules)."""
     for path in ("/proc/sys/net/ipv4/conf/all/rp_filter", "/proc/sys/net/ipv4/conf/default/rp_filter"):
         try:
             Path(path).write_text("1\n")
@@ -138,7 +139,7 @@ class Agent:
         nothing here. Forced passes (start, resync, retry) always compare with the real interface."""
         assert self.net is not None
         want = desired.compute(state, self.config.host, self.pair.public, self.config.listen_port)
-        script = nftrules.render(nftrules.rules_for(state, self.config.host))
+        script = nftrules.render(nftrules.rules_for(state, self.config.host, self.config.ifname))
         if not force and want == self.last_want and script == self.nft_script:
             write_applied(self.config.state_dir, self.config.host, state.version, len(want.peers))
             return []

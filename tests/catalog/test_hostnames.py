@@ -12,7 +12,9 @@ import pytest
 
 from catalog import Catalog, Conflict, State
 from catalog.errors import ConfigError
+from catalog.replicated import ReplicatedCatalog
 from edge_proxy.table import RoutingTable
+from tests.catalog.conftest import MakeCatalog
 
 HERE = Path(__file__).parent
 
@@ -22,8 +24,9 @@ def config(app: str, *hostnames: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def cat(tmp_path: Path) -> Iterator[Catalog]:
-    catalog = Catalog(tmp_path / "state")
+def cat(tmp_path: Path, make_catalog: MakeCatalog) -> Iterator[Catalog]:
+    """The embedded and the replicated catalog alike (tests/catalog/conftest.py)."""
+    catalog = make_catalog(tmp_path / "state")
     catalog.create_org("acme")
     catalog.create_org("globex")
     catalog.create_app("web", "acme", config=config("web", "shop.example.com", "www.example.com"))
@@ -76,6 +79,32 @@ def test_malformed_hostnames_are_refused(cat: Catalog, bad: str) -> None:
         cat.create_app("blog", "acme", config=config("blog", bad))
 
 
+def test_two_replicas_cannot_both_claim_a_hostname(tmp_path: Path, make_catalog: MakeCatalog) -> None:
+    """Two hosts' handles (two replicas of one stream, or two handles on one embedded catalog)."""
+    first = make_catalog(tmp_path / "a")
+    second = make_catalog(tmp_path / ("b" if isinstance(first, ReplicatedCatalog) else "a"))
+    try:
+        first.create_org("acme")
+        first.create_org("globex")
+        first.create_app("web", "acme", config=config("web", "shop.example.com"))
+        with pytest.raises(Conflict, match="belongs to another app"):
+            second.create_app("evil", "globex", config=config("evil", "shop.example.com"))
+        second.create_app("evil", "globex", config=config("evil"))
+        first.set_app_config("web", config("web"))  # released on one replica, claimable from the other
+        if isinstance(second, ReplicatedCatalog):
+            second.sync()  # a stale replica refuses a claim released elsewhere (safe); a stale one never lets
+            # a taken claim through: its publish fails compare-and-set, and the write runs again synced
+        second.set_app_config("evil", config("evil", "shop.example.com"))
+        if isinstance(first, ReplicatedCatalog):
+            first.sync()
+        assert first.app("evil").config.hostnames == ("shop.example.com",)
+        with pytest.raises(Conflict):
+            first.set_app_config("web", config("web", "shop.example.com"))
+    finally:
+        first.close()
+        second.close()
+
+
 def test_two_writer_processes_race_for_the_same_hostnames(tmp_path: Path) -> None:
     """Two OS processes create apps (in two orgs) claiming the same hostname, round after round: exactly one
     wins each round, and the catalog holds one app per hostname."""
@@ -125,8 +154,8 @@ def test_state_with_two_owners_routes_the_name_to_neither() -> None:
     assert route is not None and route.name == "evil"
 
 
-def test_a_catalog_from_before_claims_gets_them_on_open(tmp_path: Path) -> None:
-    """Apps written before hostnames were claimed: their claims are made once, when the catalog is opened."""
+def test_a_catalog_from_before_claims_gets_them_at_the_first_app_write(tmp_path: Path) -> None:
+    """Apps written before hostnames were claimed: their claims are made once, by the first app write."""
     import sqlite3
 
     with Catalog(tmp_path / "state") as cat:

@@ -1,4 +1,5 @@
-"""The embedded catalog in one process: versioned writes, snapshots, and bad writes that change nothing."""
+"""The catalog contract in one process, for the embedded and the replicated catalog alike: versioned writes,
+snapshots, and bad writes that change nothing."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import pytest
 
 from catalog import Catalog, CatalogError, Conflict, InvalidWrite, NotFound, State, addressing
 from catalog.errors import ConfigError
+from tests.catalog.conftest import MakeCatalog
 
 
 @pytest.fixture
-def cat(tmp_path: Path) -> Iterator[Catalog]:
-    catalog = Catalog(tmp_path / "state")
+def cat(tmp_path: Path, make_catalog: MakeCatalog) -> Iterator[Catalog]:
+    catalog = make_catalog(tmp_path / "state")
     catalog.create_org("acme")
     catalog.create_org("globex")
     catalog.register_host("worker-gru", "gru", "worker", "198.51.100.2")

@@ -130,3 +130,37 @@ def test_metrics_merge_keeps_per_edge_gauges() -> None:
     text = total.render()
     assert 'sixpn_edge_host_rtt_ms{host="worker-gig"} 8' in text
     assert 'sixpn_edge_machine_load{app="web",machine="m1",type="requests"} 6' in text
+
+
+def test_published_health_routes_and_replaces_the_edges_own_probes() -> None:
+    from edge_proxy.health import Checker
+
+    state = State()
+    state.put(Host("w1", "gru", "worker", 1, "192.0.2.1"))
+    state.put(App("web", "acme", "acme", {"app": "web", "http_service": {
+        "internal_port": 9000, "checks": [{"interval": "1s", "timeout": "1s", "path": "/healthz"}]}}))
+    state.put(Machine("00000000000001", "web", "gru", "w1", "fdaa::2", "started", health="passing"))
+    state.put(Machine("00000000000002", "web", "gru", "w1", "fdaa::3", "started", health="critical"))
+    state.put(Machine("00000000000003", "web", "gru", "w1", "fdaa::4", "started"))  # no agent reports it
+    table = RoutingTable(state, "sixpn.test")
+    routes = {m.id[-1]: m for m in table.machines.values()}
+    assert routes["1"].started and routes["1"].reported
+    assert not routes["2"].started  # a critical report takes it out of routing at every edge
+    assert routes["3"].started and not routes["3"].reported
+    book = HealthBook()
+    book.record("00000000000001", False)  # a stale result of this edge's own, from before the agent reported
+    checker = Checker(book, RttBook(lambda _host: 1.0, measure=False), override_resolver({}))
+    checker.table = table
+    spawned: list[object] = []
+
+    def spawn(coro: object) -> None:
+        spawned.append(coro)
+        coro.close()  # type: ignore[attr-defined]
+
+    checker._spawn = spawn  # type: ignore[method-assign]
+    checker.step(100.0)
+    assert len(spawned) == 1  # only the unreported machine is probed by this edge
+    assert book.healthy("00000000000001")  # the agent's report wins over the stale probe
+    book.mark_down("00000000000001")
+    checker.step(101.0)
+    assert not book.healthy("00000000000001")  # passive marks still apply

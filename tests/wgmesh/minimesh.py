@@ -115,9 +115,10 @@ class MiniMesh:
         worker = self.ns(host)
         fields = addressing.parse(machine.address)
         gw = addressing.machine_gateway(fields.network_id, fields.host_id, fields.slot_id)
-        self.ip(worker, "link", "add", f"m{self.slots}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-        self.ip(worker, "addr", "add", f"{gw}/112", "dev", f"m{self.slots}", "nodad")
-        self.ip(worker, "link", "set", f"m{self.slots}", "up")
+        link = addressing.machine_link(machine.id)  # the name the isolation table expects
+        self.ip(worker, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        self.ip(worker, "addr", "add", f"{gw}/112", "dev", link, "nodad")
+        self.ip(worker, "link", "set", link, "up")
         self.ip(ns, "addr", "add", f"{machine.address}/112", "dev", "eth0", "nodad")
         self.ip(ns, "link", "set", "eth0", "up")
         self.ip(ns, "-6", "route", "add", "default", "via", str(gw))

@@ -26,30 +26,85 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 def test_rules_list_networks_edges_and_local_services(world: World) -> None:
     m = world.cat.create_machine("web", "worker-gru")
-    world.cat.create_machine("web", "worker-sjc")
+    s = world.cat.create_machine("web", "worker-sjc")
     g = world.cat.create_machine("db", "worker-gru")
     state = world.cat.snapshot()
-    rules = nftrules.rules_for(state, "worker-gru")
+    rules = nftrules.rules_for(state, "worker-gru", "wg6pn")
     assert [name for name, _ in rules.networks] == ["acme", "globex"]
     assert rules.edges == (state.hosts["edge-gru"].mesh_address,)
     # Only this host's machines, only declared ports: globex's db declares none.
     assert rules.services == ((ipaddress.IPv6Address(m.address), "tcp", 8080),)
     assert rules.local_dns
+    # Every machine on this host, bound to its veth: whatever its app declares.
+    assert set(rules.machines) == {(f"m{m.id}", m.prefix), (f"m{g.id}", g.prefix)}
     text = nftrules.render(rules)
     assert text.startswith("table inet sixpn\ndelete table inet sixpn\n")
     assert f"ip6 saddr {state.networks['acme'].prefix} ip6 daddr {state.networks['acme'].prefix} accept" in text
     assert f"{m.address} . tcp . 8080" in text
-    assert g.address not in text
-    assert "fib saddr . iif oif missing" in text
+    assert f'"m{m.id}" . {m.prefix}' in text and f'"m{g.id}" . {g.prefix}' in text
+    assert s.id not in text and s.address not in text
+    assert 'iifname "wg6pn" accept' in text and 'oifname "wg6pn" return' in text
+    assert "fib" not in text  # the default route made `fib saddr . iif oif missing` pass any source
     assert text.rstrip().endswith("}")
-    assert not nftrules.rules_for(state, "gw-gru").local_dns
+    assert not nftrules.rules_for(state, "gw-gru", "wg6pn").local_dns
+    assert nftrules.rules_for(state, "gw-gru", "wg6pn").machines == ()
+
+
+def _chain(text: str, name: str) -> list[str]:
+    body = text.split(f"\tchain {name} {{\n", 1)[1].split("\n\t}\n", 1)[0]
+    return [line.strip() for line in body.splitlines()]
+
+
+def test_ingress_and_egress_are_per_interface(world: World) -> None:
+    world.cat.create_machine("web", "worker-gru")
+    text = nftrules.render(nftrules.rules_for(world.cat.snapshot(), "worker-gru", "wg6pn"))
+    # In: lo, WireGuard, then machines (each only from its /112); anything else touching 6PN is dropped.
+    assert _chain(text, "ingress") == [
+        "type filter hook prerouting priority raw; policy accept;",
+        "iif lo accept",
+        'iifname "wg6pn" accept comment "WireGuard: each peer only from its allowed-ips"',
+        "iifname @machine_links jump from_machine",
+        'ip6 saddr fdaa::/16 counter drop comment "6PN source from the underlay"',
+        'ip6 daddr fdaa::/16 counter drop comment "to 6PN from the underlay"',
+    ]
+    assert _chain(text, "from_machine")[0] == 'iifname . ip6 saddr @machine_sources accept comment "its own /112"'
+    assert _chain(text, "from_machine")[-1] == 'counter drop comment "spoofed source from a machine"'
+    # Out (forwarded or our own): 6PN only into WireGuard, a machine or lo.
+    assert _chain(text, "forward")[1] == "jump egress" and _chain(text, "output")[1] == "jump egress"
+    assert _chain(text, "egress")[-2:] == ['ip6 daddr fdaa::/16 counter drop comment "to 6PN onto the underlay"',
+                                           'ip6 saddr fdaa::/16 counter drop comment "6PN source onto the underlay"']
+    # Machines' DNS at fdaa::3 only from a machine's veth.
+    assert "iifname @machine_links ip6 daddr fdaa::3 meta l4proto { udp, tcp } th dport 53 accept" in _chain(text,
+                                                                                                        "input")
+
+
+def test_related_icmp_only_from_the_flows_networks_or_a_host(world: World) -> None:
+    state = world.cat.snapshot()
+    text = nftrules.render(nftrules.rules_for(state, "worker-gru", "wg6pn"))
+    assert _chain(text, "isolate")[:2] == ["ct state established accept", "ct state related jump related"]
+    acme = state.networks["acme"].prefix
+    assert _chain(text, "related") == [
+        'ip6 saddr fdaa::/48 accept comment "from a host"',
+        f'ip6 saddr {acme} ct original ip6 saddr {acme} accept comment "network acme"',
+        f'ip6 saddr {acme} ct original ip6 daddr {acme} accept comment "network acme"',
+        *[line for line in _chain(text, "related") if "globex" in line],
+        'counter drop comment "related from another network"',
+    ]
+    assert len([line for line in _chain(text, "related") if "globex" in line]) == 2
+
+
+def test_interface_names_are_checked(world: World) -> None:
+    with pytest.raises(MeshError):
+        nftrules.rules_for(world.cat.snapshot(), "worker-gru", 'wg" accept; #')
+    with pytest.raises(MeshError):
+        nftrules.Rules("sixteen-chars-xx", (), (), (), (), False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 def test_ruleset_loads_in_nft(world: World) -> None:
     world.cat.create_machine("web", "worker-gru")
-    text = nftrules.render(nftrules.rules_for(world.cat.snapshot(), "worker-gru"))
-    empty = nftrules.render(nftrules.Rules((), (), (), False))
+    text = nftrules.render(nftrules.rules_for(world.cat.snapshot(), "worker-gru", "wg6pn"))
+    empty = nftrules.render(nftrules.Rules("wg6pn", (), (), (), (), False))
     ns = f"wgt-nft{os.getpid() % 10000}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
