@@ -156,8 +156,14 @@ def test_another_org_cannot_take_an_apps_name_or_spoof_edge_fields(lab: Lab, lab
             config={**WEB, "hostnames": ["secweb.sixpn.test", "secevil.example.test"]})
     for region in ("gru", "gig", "sjc"):
         client = f"client-{region}"
-        out = lab.exec(client, ["curl", "-s", "-m", "10", "-H", "Host: secevil.example.test", f"http://{ANYCAST}/"])
-        assert json.loads(out.stdout)["app"] == "secevil"  # routed by its own hostname
+        for _ in range(40):  # this edge may need a moment to see the new app
+            out = lab.exec(client, ["curl", "-s", "-m", "10", "-w", "\n%{http_code}", "-H",
+                                    "Host: secevil.example.test", f"http://{ANYCAST}/"]).stdout
+            body, _, code = out.rpartition("\n")
+            if code == "200":
+                break
+            time.sleep(0.25)
+        assert code == "200" and json.loads(body)["app"] == "secevil", out  # routed by its own hostname
         for _ in range(3):  # keep-alive or not, every path
             doc = get_json(lab, client, "secweb", "-H", "X_Forwarded_For: 6.6.6.6", "-H", "Fly_Client_IP: 6.6.6.6",
                            "-H", "x_forwarded-proto: https")
