@@ -45,6 +45,10 @@ static int BY_LEN[MAX_NAME + 2];  /* RULES[BY_LEN[n] .. BY_LEN[n + 1]) have leng
 static struct rule PREFIXES[MAX_PREFIXES];
 static int NPREFIXES;
 static unsigned char NORM[256];
+/* A filter before any comparison: bit (first byte & 63) set when some rule of that length (or some prefix)
+ * starts with that byte, so most fields (accept*, cookie, user-agent, sec-*) cost one length and one bit test. */
+static unsigned long long FIRST_BY_LEN[MAX_NAME + 1], PREFIX_FIRST;
+#define FIRST_BIT(c) (1ULL << (NORM[(unsigned char)(c)] & 63))
 
 static int neq(const unsigned char *p, Py_ssize_t len, const unsigned char *lit) {
     for (Py_ssize_t k = 0; k < len; k++)
@@ -53,11 +57,13 @@ static int neq(const unsigned char *p, Py_ssize_t len, const unsigned char *lit)
 }
 
 static enum kind request_field(const unsigned char *name, Py_ssize_t len) {
-    if (len <= MAX_NAME)
+    unsigned long long bit = FIRST_BIT(name[0]);  /* len >= 1: a field name is one tchar or more */
+    if (len <= MAX_NAME && (FIRST_BY_LEN[len] & bit))
         for (int r = BY_LEN[len]; r < BY_LEN[len + 1]; r++)
             if (neq(name, len, RULES[r].name)) return RULES[r].kind;
-    for (int r = 0; r < NPREFIXES; r++)
-        if (len >= PREFIXES[r].len && neq(name, PREFIXES[r].len, PREFIXES[r].name)) return REJECT;
+    if (PREFIX_FIRST & bit)
+        for (int r = 0; r < NPREFIXES; r++)
+            if (len >= PREFIXES[r].len && neq(name, PREFIXES[r].len, PREFIXES[r].name)) return REJECT;
     return KEEP;
 }
 
@@ -100,13 +106,16 @@ static int load_rules(void) {
             at--;
         }
         RULES[at] = rule;
+        FIRST_BY_LEN[rule.len] |= FIRST_BIT(rule.name[0]);
     }
     for (Py_ssize_t len = 0, r = 0; len <= MAX_NAME + 1; len++) {
         while (r < n && RULES[r].len < len) r++;
         BY_LEN[len] = (int)r;
     }
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(prefixes); k++)
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(prefixes); k++) {
         if (set_rule(&PREFIXES[k], PyTuple_GET_ITEM(prefixes, k), REJECT) < 0) goto done;
+        PREFIX_FIRST |= FIRST_BIT(PREFIXES[k].name[0]);
+    }
     NPREFIXES = (int)PyTuple_GET_SIZE(prefixes);
     ok = 0;
 done:
