@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_proxy.proxy import EdgeProxy
-from tests.edge_proxy.harness import Lab, aio, edge_lab, request
+from tests.edge_proxy.harness import Lab, aio, edge_lab, parse_response, raw, request
 from tests.edge_proxy.test_fastpath import count_fast
 from tests.edge_proxy.test_lane import Client, count_lane
 
@@ -270,3 +270,19 @@ async def test_new_connections_held_from_many_addresses_are_evicted_at_the_cap(t
             busy.close()
             for _, writer in held:
                 writer.close()
+
+
+@aio
+async def test_absolute_form_target_is_the_host_the_app_sees(tmp_path: Path) -> None:
+    """Routed by the target's authority (RFC 9112 §3.2.2): the machine must not see another Host than the one
+    the edge routed by (a client could otherwise reach acme's app while presenting globex's name to it)."""
+    async with edge_lab(tmp_path, TENANTS) as lab:
+        for host in (b"evil.test", b"web.sixpn.test"):
+            data = await raw(lab.port, b"GET http://web.sixpn.test/x HTTP/1.1\r\nHost: " + host
+                             + b"\r\nConnection: close\r\n\r\n")
+            r = parse_response(data)
+            assert r.status == 200 and r.json()["machine"] == "acme"
+            assert [v for k, v in r.json()["headers"] if k == "host"] == ["web.sixpn.test"]
+            assert r.json()["target"] == "/x"
+        bad = await raw(lab.port, b"GET http://user@evil.test/ HTTP/1.1\r\nHost: web.sixpn.test\r\n\r\n")
+        assert bad.startswith(b"HTTP/1.1 400")
