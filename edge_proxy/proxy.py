@@ -333,16 +333,16 @@ class EdgeProxy:
                 del self.clients[client]
 
     def connection_opened(self, conn: ServerConnection) -> None:
-        if len(self.connections) >= self.config.max_connections and not self._evict_new():
-            # Bounded per worker: a flood of connections cannot exhaust memory or file descriptors.
-            self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH04")
-            conn.abort()
-            return
         client = client_key(conn.peer[0])
         count = self.clients.get(client, 0)
         if count >= self.config.max_connections_per_client:
             # One client cannot hold the worker's connections: everyone else keeps theirs (Slowloris, floods).
             self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH07")
+            conn.abort()
+            return
+        if len(self.connections) >= self.config.max_connections and not self._evict_new():
+            # Bounded per worker: a flood of connections cannot exhaust memory or file descriptors.
+            self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH04")
             conn.abort()
             return
         self.clients[client] = count + 1
