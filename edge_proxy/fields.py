@@ -7,8 +7,8 @@ when it is loaded) all take their sets from this module.
 Underscores: CGI, WSGI, Rack and PHP map a field name to `HTTP_<NAME>` with `-` turned into `_`, so for such an
 app `X_Forwarded_For: 6.6.6.6` is the same variable as the `X-Forwarded-For` the edge writes, and whichever comes
 last wins. Every spelling with `_` of a field in this table is dropped on every path (nginx drops every such
-field with `underscores_in_headers off`); the lane, which matches names with `_` read as `-`, leaves those
-requests to the parser paths, which drop them.
+field with `underscores_in_headers off`); the lane, which matches names with `_` read as `-`, drops a
+`Keep_Alive` itself like a `Keep-Alive` and leaves the other requests to the parser paths, which drop them.
 """
 
 from __future__ import annotations
