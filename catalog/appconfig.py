@@ -351,12 +351,13 @@ def from_doc(doc: Mapping[str, Any]) -> AppConfig:
     restarts = _restarts(top, tuple(name for name, _ in processes))
     hostnames = top.strings("hostnames")
     for name in hostnames:
-        if not re.fullmatch(r"[a-z0-9.-]+", name.lower()):
+        # One spelling per name (lower case, no root dot): a hostname is a unique claim in the catalog.
+        if len(name) > 253 or not re.fullmatch(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*\.?", name.lower()):
             raise ConfigError(f"hostnames: not a host name: {name!r}")
     config = AppConfig(
         app=top.str_("app"),
         primary_region=top.str_("primary_region"),
-        hostnames=tuple(h.lower() for h in hostnames),
+        hostnames=tuple(dict.fromkeys(h.lower().rstrip(".") for h in hostnames)),
         env=top.string_map("env"),
         processes=processes,
         services=tuple(services),

@@ -16,13 +16,13 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from catalog import addressing, appconfig, replica
+from catalog import addressing, appconfig, private, replica
 from catalog.errors import CatalogError, Conflict, InvalidWrite, NotFound, WriteConflict
 from catalog.models import (
     DESIRED_STATES,
@@ -186,10 +186,13 @@ class Catalog:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.regions = regions or default_regions()
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.db = sqlite3.connect(
-                self.state_dir / DB_FILE, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
+            # Every org's config and [env] are in here: 0700, and the database 0600 before SQLite opens it
+            # (SQLite gives its -wal and -shm files the database file's mode; older ones are tightened).
+            private.private_dir(self.state_dir)
+            db_path = private.private_file(self.state_dir / DB_FILE)
+            for suffix in ("-wal", "-shm"):
+                private.tighten(self.state_dir / (DB_FILE + suffix))
+            self.db = sqlite3.connect(db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=30000")
@@ -308,7 +311,7 @@ class Catalog:
     ) -> App:
         check_name(name, "app")
         doc = dict(config or {})
-        appconfig.from_doc(doc)  # refuse a malformed config before anything is written
+        parsed = appconfig.from_doc(doc)  # refuse a malformed config before anything is written
         if doc.get("primary_region"):
             self.regions.get(str(doc["primary_region"]))
         with self._write() as tx:
@@ -322,15 +325,22 @@ class Catalog:
             elif existing.org != org:
                 raise Conflict(f"network {net_name!r} belongs to org {existing.org!r}, not {org!r}")
             app = App(name=name, org=org, network=existing.name, config_doc=doc)
+            _claim_existing_hostnames(tx)
+            _claim_hostnames(tx, name, parsed.hostnames)
             tx.put(app)
         return app
 
     @write_op
     def set_app_config(self, name: str, config: dict[str, Any]) -> App:
-        appconfig.from_doc(config)
+        parsed = appconfig.from_doc(config)
         with self._write() as tx:
             app = tx.need(App, "app", name)
             updated = App(name=app.name, org=app.org, network=app.network, config_doc=dict(config))
+            _claim_existing_hostnames(tx)
+            held = _hostnames_of(app)
+            for hostname in held - set(parsed.hostnames):
+                tx.release_address(_hostname_key(hostname))
+            _claim_hostnames(tx, name, [h for h in parsed.hostnames if h not in held])
             tx.put(updated)
         return updated
 
@@ -340,6 +350,8 @@ class Catalog:
             app = tx.need(App, "app", name)
             if any(m.app == name for m in tx.all(Machine, "machine")):
                 raise Conflict(f"app {name!r} still has machines; scale it to 0 first")
+            for hostname in _hostnames_of(app):
+                tx.release_address(_hostname_key(hostname))
             tx.delete(app)
 
     # -- hosts ----------------------------------------------------------------------------------
@@ -538,3 +550,45 @@ def _check_state(state: str) -> None:
 
 def _replace_machine(machine: Machine, **changes: Any) -> Machine:
     return replace(machine, **changes)
+
+
+def _hostname_key(hostname: str) -> str:
+    """The unique claim (in the `addresses` table) that makes a hostname belong to one app."""
+    return f"hostname:{hostname}"
+
+
+def _hostnames_of(app: App) -> set[str]:
+    """The hostnames `app` holds claims for (its config was validated when it was written)."""
+    try:
+        return set(app.config.hostnames)
+    except CatalogError:
+        return set()
+
+
+def _claim_existing_hostnames(tx: _Tx) -> None:
+    """Once per catalog, inside the first app write that needs it: claims for the hostnames of apps written
+    before hostnames were claimed, oldest write first (a hostname two such apps list stays with the first; the
+    edge routes a name two apps list to neither until one of them drops it). Ordinary ops of the write, so a
+    replicated catalog publishes them like any other."""
+    if tx.db.execute("SELECT 1 FROM counters WHERE name='hostname_claims'").fetchone():
+        return
+    rows = tx.db.execute("SELECT data FROM records WHERE kind='app' ORDER BY version").fetchall()
+    for (data,) in rows:
+        app = decode("app", json.loads(data))
+        assert isinstance(app, App)
+        for hostname in sorted(_hostnames_of(app)):
+            key = _hostname_key(hostname)
+            if tx.db.execute("SELECT 1 FROM addresses WHERE address=?", (key,)).fetchone() is None:
+                tx.claim_address(key, f"app/{app.name}")
+    tx.set_counter("hostname_claims", 1)
+
+
+def _claim_hostnames(tx: _Tx, app: str, hostnames: Iterable[str]) -> None:
+    """Claim each hostname for `app`, in the write's transaction: a hostname held by another app refuses the
+    whole write. The error does not name the holder (it may be another org's app)."""
+    for hostname in hostnames:
+        try:
+            tx.claim_address(_hostname_key(hostname), f"app/{app}")
+        except Conflict:
+            raise Conflict(f"hostname {hostname!r} belongs to another app; an app can only claim a hostname "
+                           "no other app holds") from None

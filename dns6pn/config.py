@@ -30,6 +30,12 @@ class ServerConfig:
     upstream_timeout: float = DEFAULT_TIMEOUT
     port: int = DNS_PORT  # the port of the addresses derived from `host`
     source_override: str | None = None  # tests over loopback: every query comes "from" this 6PN address
+    # TCP (RFC 7766 §6.2): open connections in all and per source (a 6PN network, an IPv4 address, an IPv6 /64);
+    # seconds a new connection has for its first complete query, and an open one between queries.
+    tcp_max_connections: int = 256
+    tcp_max_per_source: int = 32
+    tcp_first_timeout: float = 3.0
+    tcp_idle_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.ttl <= 0x7FFFFFFF:
@@ -38,6 +44,9 @@ class ServerConfig:
             raise DnsError(f"max_udp must be 512..65535, not {self.max_udp}")
         if self.cache_entries < 1 or self.upstream_timeout <= 0:
             raise DnsError("cache_entries and upstream_timeout must be positive")
+        if min(self.tcp_max_connections, self.tcp_max_per_source) < 1 or min(self.tcp_first_timeout,
+                                                                             self.tcp_idle_timeout) <= 0:
+            raise DnsError("the TCP limits and timeouts must be positive")
 
 
 def parse_address(text: str, default_port: int = DNS_PORT) -> Address:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from catalog import App, Change, Machine, Network, Peer, RegionTable, State, addressing, default_regions
+from catalog import App, Change, Machine, Network, Org, Peer, RegionTable, State, addressing, default_regions
 from catalog.errors import CatalogError
 from dns6pn import wire
 from dns6pn.answer import choose, encode
@@ -88,10 +90,12 @@ class Engine:
         max_udp: int = wire.DEFAULT_MAX_UDP,
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
         fallback_region: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`forwarding`: upstreams exist (else non-`.internal` gets REFUSED). `source_override`: a 6PN
         address that stands in for every query's source (loopback tests). `fallback_region`: the region
-        used for `nearest` when the querying host is unknown (the region of the host this serves on)."""
+        used for `nearest` when the querying host is unknown (the region of the host this serves on).
+        `clock`: seconds since the epoch, for the zones' SOA serials (see `serial`)."""
         self.ttl = ttl
         self.forwarding = forwarding
         self.regions = regions or default_regions()
@@ -107,6 +111,9 @@ class Engine:
         self.state = state
         self.networks: dict[int, Network] = {}
         self.host_regions: dict[int, str] = {}
+        self.clock = clock
+        self._first_serial = int(clock()) & 0xFFFFFFFF
+        self.serials: dict[int, int] = {}
         self.update(state)
 
     # -- catalog side ------------------------------------------------------------------------------
@@ -115,6 +122,7 @@ class Engine:
         """The catalog moved. When `changes` only touch machines, apps and peers, forget the zones and
         replies of the networks they belong to; otherwise (or without `changes`) forget everything."""
         self.state = state
+        self._bump_serials(_zones_changed(state, self.networks, changes))
         touched = _networks_touched(state, changes)
         if touched is not None:
             for net_id in touched:
@@ -129,6 +137,22 @@ class Engine:
         self.entry_count = self.packet_count = 0
         self.sources.clear()
         self.zones.clear()
+
+    def serial(self, net_id: int) -> int:
+        """The SOA serial of one network's zone: never the catalog's version, which would tell every network how
+        many writes all the others make. It starts at the server's start time (seconds since the epoch, as BIND's
+        `serial-update-method unixtime` does) and moves, to the time of the change but at least by one, only when
+        a change may alter this network's answers; so a network learns only of its own changes."""
+        return self.serials.get(net_id, self._first_serial)
+
+    def _bump_serials(self, networks: set[int] | None) -> None:
+        if networks is not None and not networks:
+            return
+        now = int(self.clock()) & 0xFFFFFFFF
+        ids = networks if networks is not None else set(self.networks) | set(self.serials)
+        for net_id in ids:
+            # RFC 1982 serial arithmetic: one step forward, never more than 2^31 - 1 ahead.
+            self.serials[net_id] = max(self.serial(net_id) + 1, now) & 0xFFFFFFFF
 
     def scope_of(self, source: str | bytes) -> Scope | None:
         """The querying network (and host region) from the source address (text, or packed as in a
@@ -253,10 +277,37 @@ class Engine:
         labels = tuple(label.decode("latin-1") for label in query.labels()[:-1])
         node = self.zone(net_id).lookup(labels, region)
         answer = choose(node, query.qtype, apex=not labels)
-        full = encode(query, answer, ttl=self.ttl, serial=self.state.version, ra=self.forwarding,
+        full = encode(query, answer, ttl=self.ttl, serial=self.serial(net_id), ra=self.forwarding,
                       udp_size=self.max_udp)
         opt = full[-11:] if query.edns is not None else b""
         return _Entry(full, query.end, opt)
+
+
+def _zones_changed(state: State, before: dict[int, Network], changes: list[Change] | None) -> set[int] | None:
+    """The networks whose answers a batch of changes may alter (for their SOA serials), or None for every
+    network: a host changed (the regions of askers and `nearest` answers depend on hosts). An org or a network of
+    its own changes no other network's answers; none of them when `changes` is None (the first snapshot)."""
+    if changes is None:
+        return set()
+    ids = {n.name: n.net_id for n in state.networks.values()}
+    ids.update((n.name, n.net_id) for n in before.values())
+    changed: set[int] = set()
+    for change in changes:
+        record = change.record
+        if isinstance(record, Machine):
+            app = state.apps.get(record.app)
+            network = app.network if app is not None else None
+        elif isinstance(record, App | Peer):
+            network = record.network
+        elif isinstance(record, Network):
+            network = record.name
+        elif isinstance(record, Org):
+            continue
+        else:
+            return None
+        if network in ids:
+            changed.add(ids[network])
+    return changed
 
 
 def _networks_touched(state: State, changes: list[Change] | None) -> set[int] | None:

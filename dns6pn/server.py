@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
 import socket
 import struct
@@ -28,8 +30,6 @@ log = logging.getLogger("dns6pn")
 
 IPV6_FREEBIND = getattr(socket, "IPV6_FREEBIND", 78)
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
-TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3 suggests seconds, not minutes
-MAX_TCP_CONNECTIONS = 256
 RCVBUF = 4 << 20
 POLL_INTERVAL = 0.02
 
@@ -81,50 +81,103 @@ class UdpProtocol(asyncio.DatagramProtocol):
         log.debug("udp error: %s", exc)  # e.g. ICMP port unreachable from a client that left
 
 
+def source_key(peer: str) -> str:
+    """Whose TCP connection this is, for `TcpBook`'s per-source limit: a 6PN source's network (its /48: one
+    org's machines and peers share it), else an IPv4 address or an IPv6 /64."""
+    ip = peer.removeprefix("::ffff:")
+    if ":" not in ip:
+        return ip
+    try:
+        exploded = ipaddress.IPv6Address(ip.partition("%")[0]).exploded
+    except ValueError:
+        return ip
+    return exploded[:14] if exploded.startswith("fdaa:") else exploded[:19]
+
+
+class TcpBook:
+    """The open TCP connections of one server, in all and per source (RFC 7766 §6.2.2: a server should limit
+    the connections of each client), so one network holding connections cannot take them from another."""
+
+    def __init__(self, total: int, per_source: int) -> None:
+        self.total = total
+        self.per_source = per_source
+        self.open = 0
+        self.by_source: dict[str, int] = {}
+
+    def take(self, peer: str) -> str | None:
+        """The source's key, counted; None (nothing counted) when it or the server is at its limit."""
+        key = source_key(peer)
+        count = self.by_source.get(key, 0)
+        if self.open >= self.total or count >= self.per_source:
+            return None
+        self.open += 1
+        self.by_source[key] = count + 1
+        return key
+
+    def give(self, key: str) -> None:
+        count = self.by_source[key] - 1
+        assert count >= 0 and self.open > 0
+        self.open -= 1
+        if count:
+            self.by_source[key] = count
+        else:
+            del self.by_source[key]
+
+
 class TcpProtocol(asyncio.Protocol):
-    """RFC 7766: two-byte length prefix, several queries per connection, replies possibly out of order."""
+    """RFC 7766: two-byte length prefix, several queries per connection, replies possibly out of order.
 
-    open_count = 0
+    Timeouts (RFC 7766 §6.2.3, seconds not minutes): a new connection must complete its first query within
+    `first_timeout`, and each later one within `idle_timeout` of the previous; only a complete query re-arms
+    the clock, so bytes trickled in cannot hold a connection open (Slowloris)."""
 
-    def __init__(self, handle: Handler, relay: _Relay) -> None:
+    def __init__(self, handle: Handler, relay: _Relay, book: TcpBook, idle_timeout: float = 10.0,
+                 first_timeout: float = 3.0) -> None:
         self.handle = handle
         self.relay = relay
+        self.book = book
+        self.idle_timeout = idle_timeout
+        self.first_timeout = first_timeout
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.source: str | None = None  # the key counted in `book`
         self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = self.transport = cast(asyncio.Transport, transport)
-        TcpProtocol.open_count += 1
-        if TcpProtocol.open_count > MAX_TCP_CONNECTIONS:
-            transport.abort()
-            return
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
-        self._arm()
+        self.source = self.book.take(self.peer)
+        if self.source is None:
+            transport.abort()
+            return
+        self._arm(min(self.first_timeout, self.idle_timeout))
 
-    def _arm(self) -> None:
+    def _arm(self, delay: float) -> None:
         if self.idle is not None:
             self.idle.cancel()
         transport = self.transport
         if transport is not None:
-            self.idle = asyncio.get_running_loop().call_later(TCP_IDLE_TIMEOUT, transport.close)
+            self.idle = asyncio.get_running_loop().call_later(delay, transport.close)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        answered = False
         while len(self.buffer) >= 2:
             size = int.from_bytes(self.buffer[:2], "big")
             if len(self.buffer) < 2 + size:
                 break
             message = bytes(self.buffer[2 : 2 + size])
             del self.buffer[: 2 + size]
+            answered = True
             reply = self.handle(message, self.peer, True)
             if isinstance(reply, bytes):
                 self._send(reply)
             elif reply is not None:
                 self.relay.start(reply, True, self._send)
-        self._arm()
+        if answered:
+            self._arm(self.idle_timeout)
 
     def _send(self, reply: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -139,7 +192,9 @@ class TcpProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        TcpProtocol.open_count -= 1
+        if self.source is not None:
+            self.book.give(self.source)
+            self.source = None
         if self.idle is not None:
             self.idle.cancel()
         self.transport = None
@@ -202,7 +257,8 @@ async def _serve_udp(sock: socket.socket, handle: Handler, relay: _Relay, max_ud
     return udp.close
 
 
-async def open_listener(address: Address, handle: Handler, relay: _Relay, max_udp: int) -> Listener:
+async def open_listener(address: Address, handle: Handler, relay: _Relay, max_udp: int,
+                        tcp_protocol: Callable[[], TcpProtocol]) -> Listener:
     """Bind UDP first; with port 0, TCP takes the port UDP got (retrying if TCP's is taken)."""
     loop = asyncio.get_running_loop()
     for _attempt in range(20):
@@ -219,7 +275,7 @@ async def open_listener(address: Address, handle: Handler, relay: _Relay, max_ud
                 continue
             raise DnsError(f"cannot bind tcp {address[0]} port {bound[1]}: {exc.strerror}") from exc
         close_udp = await _serve_udp(udp_sock, handle, relay, max_udp)
-        tcp = await loop.create_server(lambda: TcpProtocol(handle, relay), sock=tcp_sock, backlog=128)
+        tcp = await loop.create_server(tcp_protocol, sock=tcp_sock, backlog=128)
         return Listener(address, (str(bound[0]), int(bound[1])), close_udp, tcp)
     raise DnsError(f"no free port pair for udp and tcp on {address[0]}")
 
@@ -256,6 +312,8 @@ class DnsServer:
         )
         forwarder = Forwarder(list(config.upstreams), config.upstream_timeout) if config.upstreams else None
         self.relay = _Relay(forwarder)
+        # One book for every listener: the limits are the server's, not each address's.
+        self.tcp_book = TcpBook(config.tcp_max_connections, config.tcp_max_per_source)
         self.listeners: dict[Address, Listener] = {}
         self._follow: asyncio.Task[None] | None = None
         self._reconciling = asyncio.Lock()
@@ -283,9 +341,15 @@ class DnsServer:
                 log.info("stop listening on [%s]:%d", *address)
                 await self.listeners.pop(address).close()
             for address in sorted(want - set(self.listeners)):
-                listener = await open_listener(address, self._handler_for(address), self.relay, self.config.max_udp)
+                handle = self._handler_for(address)
+                listener = await open_listener(address, handle, self.relay, self.config.max_udp,
+                                               functools.partial(self._tcp_protocol, handle))
                 self.listeners[address] = listener
                 log.info("listening on [%s]:%d (udp, tcp)", *self.listeners[address].bound)
+
+    def _tcp_protocol(self, handle: Handler) -> TcpProtocol:
+        config = self.config
+        return TcpProtocol(handle, self.relay, self.tcp_book, config.tcp_idle_timeout, config.tcp_first_timeout)
 
     def _handler_for(self, address: Address) -> Handler:
         """At a network's `::3` only that network's members are answered; elsewhere the source decides."""

@@ -40,6 +40,12 @@ class ProxyConfig:
     drain_timeout: float = 30.0
     pool_max_per_machine: int = 256
     max_connections: int = 10000  # client connections per worker; more are closed at once
+    # Client connections per worker from one client (an IPv4 address, or an IPv6 /64); more are closed at once,
+    # so one client cannot take the worker's `max_connections` from everyone else.
+    max_connections_per_client: int = 256
+    # Seconds from the accept within which a new connection must have sent its first request head (Slowloris:
+    # idle or trickling new connections); later requests get `header_timeout` from their first byte.
+    first_head_timeout: float = 5.0
     name: str = "sixpn-edge"  # Server and Via name
     lane: bool = True  # answer simple GETs from the read callbacks (edge_proxy/lane.py); off: parser path only
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from edge_proxy import fields
 from edge_proxy.errors import UpstreamError
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import UpstreamConnection
@@ -26,16 +27,12 @@ if TYPE_CHECKING:
     from edge_proxy.proxy import EdgeProxy
 
 
-#: Request fields a client must not be able to set: the edge owns them (both paths drop them).
-OWNED = frozenset({
-    b"fly-client-ip", b"fly-region", b"fly-request-id", b"fly-forwarded-port", b"x-forwarded-proto",
-    b"x-forwarded-port", b"x-forwarded-ssl", b"fly-replay-src", b"fly-preferred-instance-unavailable",
-})
-#: Request fields the fast path does not copy upstream (it adds its own, or the field is hop-by-hop).
-_DROP = h.HOP_BY_HOP | OWNED | REQUEST_OWN | {b"x-forwarded-for", b"via"}
+#: Request fields the fast path does not copy upstream (it adds its own, the field is hop-by-hop, or it is an
+#: underscore spelling of an edge field: `fields.DROPPED`).
+_DROP = fields.DROPPED | REQUEST_OWN | fields.APPENDED
 #: Request fields the fast path acts on: dropped, appended to, or (steering) sending it to the general path.
 _SPECIAL = _DROP | STEERING_HEADERS
-_APPENDED = STEERING_HEADERS | {b"x-forwarded-for", b"via"}
+_APPENDED = STEERING_HEADERS | fields.APPENDED
 #: Response fields the relay drops, merges (Via) or hands to the general rules (fly-replay, Connection).
 _RESPONSE_SPECIAL = h.HOP_BY_HOP | FRAMING | {b"server", b"fly-request-id", b"via", b"fly-replay"}
 #: Fields the edge adds to a response: a Connection header naming one of them takes the general rules.

@@ -191,6 +191,7 @@ class H2Server(ServerConnection):
             self.close()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        self._first_deadline = 0.0  # a request came: no longer a new connection waiting for its first one
         pseudo = {k: v for k, v in headers if k.startswith(b":")}
         regular = [(k.lower(), v) for k, v in headers if not k.startswith(b":")]
         cookies = [v for k, v in regular if k == b"cookie"]

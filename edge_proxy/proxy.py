@@ -14,6 +14,7 @@ Proxy-originated errors carry `fly-proxy-error: <code>` and the same code in the
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import json
 import logging
 import random
@@ -23,10 +24,10 @@ from collections.abc import Callable
 from typing import IO
 
 from catalog import State, default_regions
-from edge_proxy import fastpath
+from edge_proxy import fastpath, fields
 from edge_proxy.config import ProxyConfig
 from edge_proxy.errors import HttpError, UpstreamError
-from edge_proxy.fastpath import OWNED, Pending
+from edge_proxy.fastpath import Pending
 from edge_proxy.health import HealthBook, LoadBook, RttBook
 from edge_proxy.http1 import head as h
 from edge_proxy.http1.client import Key, UpstreamPool
@@ -82,6 +83,10 @@ class EdgeProxy:
         self.region_bytes = region.encode()
         self.server_name = config.name.encode()
         self.connections: set[ServerConnection] = set()
+        self.clients: dict[str, int] = {}  # open connections by `client_key`
+        # Open connections, oldest first, that may still be waiting for their first request head (entries of
+        # connections that have sent one are dropped when `_evict_new` meets them: no work per request).
+        self._new: dict[ServerConnection, None] = {}
         # Request ids: a per-process random prefix and a counter (unique per worker, no entropy per request).
         self._id_prefix = f"{random.getrandbits(48):012x}"
         self._id_prefix_bytes = self._id_prefix.encode()
@@ -95,7 +100,11 @@ class EdgeProxy:
     # -- state from the catalog -------------------------------------------------------------------
 
     def update(self, state: State) -> None:
+        previous = self.table.contested
         self.table = RoutingTable(state, self.config.domain)
+        if self.table.contested != previous and self.table.contested:
+            log.warning("hostnames listed by more than one app, routed to none of them: %s",
+                        ", ".join(sorted(self.table.contested)))
         self._keys = {}  # a machine's address can change with the catalog
         self.pool.retain({self.resolve(m) for app in self.table.apps.values() for m in app.machines if m.started})
 
@@ -310,18 +319,52 @@ class EdgeProxy:
 
     def connection_closed(self, conn: ServerConnection) -> None:
         self.connections.discard(conn)
+        self._new.pop(conn, None)
         machine = conn.state.pop("machine", None)
         if machine is not None:
             self.load.add(self.load.connections, machine, -1)
+        client = conn.state.pop("client", None)
+        if client is not None:
+            count = self.clients[client] - 1
+            assert count >= 0, f"client {client}: connections counted below zero"
+            if count:
+                self.clients[client] = count
+            else:
+                del self.clients[client]
 
     def connection_opened(self, conn: ServerConnection) -> None:
-        if len(self.connections) >= self.config.max_connections:
+        client = client_key(conn.peer[0])
+        count = self.clients.get(client, 0)
+        if count >= self.config.max_connections_per_client:
+            # One client cannot hold the worker's connections: everyone else keeps theirs (Slowloris, floods).
+            self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH07")
+            conn.abort()
+            return
+        if len(self.connections) >= self.config.max_connections and not self._evict_new():
             # Bounded per worker: a flood of connections cannot exhaust memory or file descriptors.
             self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH04")
             conn.abort()
             return
+        self.clients[client] = count + 1
+        conn.state["client"] = client
         self.connections.add(conn)
+        self._new[conn] = None
         conn.on_reject = self._rejected
+
+    def _evict_new(self) -> bool:
+        """At `max_connections`: close the oldest connection that is still waiting for its first request head (a
+        Slowloris holds new connections idle or trickling, from as many addresses as it has), so held new
+        connections cannot shut everyone else out; False when every open connection has sent a request."""
+        new = self._new
+        while new:
+            conn = next(iter(new))
+            del new[conn]
+            if conn.awaiting_first_head and not conn.closed:
+                self.metrics.inc("sixpn_edge_proxy_errors_total", code="PH08")
+                self.connections.discard(conn)  # its slot is the new one's now; `connection_closed` follows
+                conn.abort()
+                return True
+        return False
 
     def _rejected(self, conn: ServerConnection, exc: HttpError) -> None:
         self.metrics.inc("sixpn_edge_proxy_errors_total", code=exc.code)
@@ -341,8 +384,8 @@ class EdgeProxy:
         if client_ip.startswith("::ffff:"):
             client_ip = client_ip[7:]
         ip = client_ip.encode()
-        # One pass: drop hop-by-hop and edge-owned fields, collect the ones we append to.
-        drop = h.HOP_BY_HOP | OWNED
+        # One pass: drop hop-by-hop and edge-owned fields (and their `_` spellings), collect the ones we append to.
+        drop = fields.DROPPED
         named = h.connection_tokens(ex.head.headers)
         if named:
             drop = drop | named
@@ -463,3 +506,16 @@ def headers_request_id(headers: h.Headers) -> bytes:
 
 
 ProxyFactory = Callable[[], ServerConnection]
+
+
+def client_key(ip: str) -> str:
+    """Whose connection this is, for `max_connections_per_client`: an IPv4 address, or an IPv6 address's /64
+    (one subscriber's usual allocation: per address, a single host could take 2^64 of them)."""
+    if ip.startswith("::ffff:"):
+        return ip[7:]
+    if ":" not in ip:
+        return ip
+    try:
+        return ipaddress.IPv6Address(ip.partition("%")[0]).exploded[:19]
+    except ValueError:
+        return ip

@@ -18,6 +18,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edge_proxy import fields
+
 Outcome = Literal["ok", "no_machines", "at_capacity", "forced_unavailable"]
 
 
@@ -227,18 +229,16 @@ def steering_from_headers(get: Iterable[tuple[bytes, bytes]]) -> Steering:
     )
 
 
-STEERING_HEADERS = frozenset({b"fly-prefer-region", b"fly-force-region", b"fly-prefer-instance-id",
-                            b"fly-force-instance-id"})
+STEERING_HEADERS = fields.STEERING
 
 
 def app_for_host(host: str, domain: str, hostnames: dict[str, str], apps: Collection[str]) -> str | None:
-    """The app a Host header names: a configured hostname, or `<app>.<domain>`."""
+    """The app a Host header names: `<app>.<domain>` (the edge's own domain: no app's `hostnames` can take it
+    from the app it names), else a configured hostname."""
     host = host.lower().rstrip(".")
-    if host in hostnames:
-        return hostnames[host]
     suffix = "." + domain.lower().strip(".")
     if host.endswith(suffix):
         name = host[: -len(suffix)]
         if "." not in name and name in apps:
             return name
-    return None
+    return hostnames.get(host)

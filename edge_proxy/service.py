@@ -22,6 +22,7 @@ from typing import IO
 import uvloop
 
 from catalog import Catalog, Follower, NotFound, State
+from catalog.private import open_append_text
 from edge_proxy.config import ConfigError, ProxyConfig, parse_hostport
 from edge_proxy.h2server import AlpnDispatch, H2Server
 from edge_proxy.health import Checker
@@ -83,7 +84,8 @@ class EdgeService:
         self.checker = Checker(self.proxy.health, self.proxy.rtt, self.proxy.resolve, config.rtt_interval)
         self.checker.table = self.proxy.table
         self.limits = ServerLimits(max_head_bytes=config.max_head_bytes, header_timeout=config.header_timeout,
-                                   idle_timeout=config.idle_timeout, body_timeout=config.body_timeout)
+                                   idle_timeout=config.idle_timeout, body_timeout=config.body_timeout,
+                                   first_head_timeout=config.first_head_timeout)
         self.servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self.metrics_dump = metrics_dump
@@ -122,8 +124,10 @@ class EdgeService:
             sockets += [(bind(a, reuse), True) for a in self.config.tls_listen]
         ssl_ctx = load_sni_context(self.config.cert_dir, self.config.http2) if any(tls for _, tls in sockets) else None
         for sock, tls in sockets:
-            server = await loop.create_server(self._factory("https" if tls else "http"), sock=sock,
-                                              ssl=ssl_ctx if tls else None, backlog=1024)
+            # A TLS handshake comes before the connection is ours to count: it gets first_head_timeout too.
+            server = await loop.create_server(
+                self._factory("https" if tls else "http"), sock=sock, backlog=1024, ssl=ssl_ctx if tls else None,
+                ssl_handshake_timeout=self.config.first_head_timeout if tls else None)
             self.servers.append(server)
             name = sock.getsockname()
             self.addresses.append((str(name[0]), int(name[1])))
@@ -218,7 +222,7 @@ def _open_log(target: str) -> IO[str] | None:
         return sys.stderr
     if not target:
         return None
-    return open(target, "a", buffering=1)
+    return open_append_text(target)  # 0600: paths, query strings and client addresses
 
 
 def serve(config: ProxyConfig, state_dir: Path) -> int:

@@ -5,7 +5,7 @@ Rebuilt (cheaply) on every batch of catalog changes; requests in flight keep the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from catalog import State
@@ -59,12 +59,34 @@ class LocalPlan:
     idle_timeout: float | None
 
 
+def owned_hostnames(claims: dict[str, list[str]], domain: str,
+                    apps: Collection[str]) -> tuple[dict[str, str], frozenset[str]]:
+    """The hostname -> app map from each hostname's claimants: a name with one claimant is that app's; a name
+    claimed by several apps belongs to none of them (the catalog refuses a second claim, so this only guards
+    against a catalog that somehow holds two; which one is the rightful owner cannot be told here); a name of
+    the form `<app>.<domain>` for an existing app is that app's whoever lists it (`app_for_host` checks it first)."""
+    suffix = "." + domain.lower().strip(".")
+    owned: dict[str, str] = {}
+    contested: set[str] = set()
+    for hostname, names in claims.items():
+        if hostname.endswith(suffix) and hostname[: -len(suffix)] in apps:
+            continue
+        if len(set(names)) == 1:
+            owned[hostname] = names[0]
+        else:
+            contested.add(hostname)
+    return owned, frozenset(contested)
+
+
 class RoutingTable:
     def __init__(self, state: State, domain: str) -> None:
         self.domain = domain
         self.version = state.version
         self.apps: dict[str, AppRoute] = {}
         self.hostnames: dict[str, str] = {}
+        #: Hostnames that more than one app lists (a catalog that lost its unique claims): routed to none.
+        self.contested: frozenset[str] = frozenset()
+        claims: dict[str, list[str]] = {}
         self.host_regions = {h.name: h.region for h in state.hosts.values()}
         self._by_header: dict[bytes, AppRoute | None] = {}
         self.machines: dict[str, MachineRoute] = {}  # by id, across apps (ids are unique)
@@ -85,7 +107,8 @@ class RoutingTable:
             self.apps[app.name] = AppRoute(app.name, app.network, service, machines)
             self.machines.update((m.id, m) for m in machines)
             for hostname in config.hostnames:
-                self.hostnames.setdefault(hostname, app.name)
+                claims.setdefault(hostname, []).append(app.name)
+        self.hostnames, self.contested = owned_hostnames(claims, self.domain, self.apps)
 
     def app_for_host(self, host: str) -> AppRoute | None:
         name = app_for_host(host, self.domain, self.hostnames, self.apps)

@@ -26,6 +26,7 @@ from typing import Any
 
 from catalog import Catalog, CatalogError, default_regions, natsconf
 from catalog.fleetconfig import load_host_config
+from catalog.private import open_append, private_dir, write_private
 from netns_lab import fleet, services, system, topology
 from netns_lab import plan as planmod
 from netns_lab.delaycore import DelayConfig
@@ -202,7 +203,7 @@ class Lab:
             groups, error = services.groups_found(probe) if probe else (set(), "")
             (run_dir / "groups.json").write_text(json.dumps(sorted(groups)))
             if error:
-                (run_dir / "logs" / "lab.log").write_text(f"probing the sixpn CLI's groups failed:\n{error}\n")
+                write_private(run_dir / "logs" / "lab.log", f"probing the sixpn CLI's groups failed:\n{error}\n")
             lab._start_services(groups)
             if wait_ready:
                 lab.not_ready = lab.wait_ready()
@@ -252,7 +253,7 @@ class Lab:
         for spec in [services.delayline_spec(self.plan, self.run_dir)]:
             services.write_spec(self.run_dir, spec)
         env = {**os.environ, system.MARKER_ENV: self.lab_id}
-        with open(self.logs_dir / "supervisor.log", "ab") as out:
+        with open_append(self.logs_dir / "supervisor.log") as out:
             proc = subprocess.Popen([sys.executable, "-m", "netns_lab.supervisor", str(self.run_dir), self.lab_id],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
@@ -586,11 +587,11 @@ def topology_to_toml(topo: topology.Topology) -> str:
 def _build(lab_id: str, text: str, run_dir: Path, owner_pid: int | None, catalog_mode: str = "embedded",
            cluster: bool = False) -> None:
     plan = planmod.make_plan(lab_id, topology.loads(text))
-    for sub in ("state", "logs", "services", "pids", "stopped"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    (run_dir / "keys").mkdir(mode=0o700, exist_ok=True)
+    # 0700 throughout (catalog, logs, keys, specs; `catalog.private`), whatever the umask of who ran `lab up`.
+    private_dir(run_dir)
+    for sub in ("state", "logs", "services", "pids", "stopped", "keys", "agents"):
+        private_dir(run_dir / sub)
     (run_dir / "starting.pid").write_text(f"{os.getpid()}\n")  # `down_orphans` leaves a lab being built alone
-    (run_dir / "agents").mkdir(mode=0o700, exist_ok=True)
     (run_dir / "share").mkdir(exist_ok=True)
     os.chmod(run_dir / "share", 0o1777)  # machines' apps run as their own unprivileged uids
     fleet.write_fleet(plan, run_dir, catalog_mode, cluster)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catalog.private import open_append
 from netns_lab.system import MARKER_ENV
 
 TICK = 0.05
@@ -133,7 +134,7 @@ class Supervisor:
             argv = list(spec.argv)
         env = {**os.environ, **dict(spec.env), MARKER_ENV: self.lab_id}
         try:
-            out = open(spec.log or os.devnull, "ab")  # noqa: SIM115 - handed to the child
+            out = open_append(spec.log) if spec.log else open(os.devnull, "ab")  # noqa: SIM115 - to the child
         except OSError as exc:
             log(f"{spec.name}: cannot open log: {exc}")
             return

@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+from catalog.private import private_dir, write_private
+
 
 def applied_path(state_dir: Path, host: str) -> Path:
     return state_dir / "mesh" / f"{host}.applied"
@@ -25,7 +27,7 @@ def read_applied(state_dir: Path, host: str) -> int | None:
 
 def write_applied(state_dir: Path, host: str, version: int, peers: int) -> None:
     path = applied_path(state_dir, host)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"version": version, "peers": peers, "pid": os.getpid(), "time": time.time()}))
+    write_private(tmp, json.dumps({"version": version, "peers": peers, "pid": os.getpid(), "time": time.time()}))
     os.replace(tmp, path)  # atomic: a reader sees the old or the new version, never half a file

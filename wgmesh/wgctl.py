@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from catalog.private import open_append
 from wgmesh.dump import ObservedWg, parse_dump
 from wgmesh.errors import MeshError
 from wgmesh.plan import RemovePeer, SetListenPort, SetPeer, SetPrivateKey, WgOp
@@ -88,7 +89,7 @@ def start_wireguard_go(ifname: str, log: Path | None = None, timeout: float = 10
     """Run `wireguard-go IFNAME` as our child and wait for its control socket (wireguard-go README)."""
     sock = SOCKET_DIR / f"{ifname}.sock"
     env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    out = open_append(log) if log is not None else subprocess.DEVNULL  # handed to the child; 0600
     try:
         proc = subprocess.Popen(["wireguard-go", ifname], env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)

@@ -32,16 +32,96 @@ static int ipre(const unsigned char *p, Py_ssize_t len, const char *lit, Py_ssiz
 #define IS(lit) ieq(name, len, lit, (Py_ssize_t)sizeof(lit) - 1)
 #define PRE(lit) ipre(name, len, lit, (Py_ssize_t)sizeof(lit) - 1)
 
-/* What the lane does with a request field: the edge owns or acts on the rejected ones (framing, Expect,
- * Upgrade, hop-by-hop, its own fly-* and x-forwarded-* fields, Via). */
+/* What the lane does with a request field is not written here: it is edge_proxy/fields.py's LANE_REQUEST
+ * (name -> kind) and LANE_PREFIXES (REJECT), read once when the module is loaded. Names are compared
+ * lower-cased and with '_' read as '-' (NORM), so `X_Forwarded_For` is `x-forwarded-for`. Rules are grouped by
+ * name length: a field costs the comparisons with the few rules of its own length. */
+#define MAX_RULES 128
+#define MAX_NAME 64
+#define MAX_PREFIXES 8
+struct rule { Py_ssize_t len; enum kind kind; unsigned char name[MAX_NAME]; };
+static struct rule RULES[MAX_RULES];  /* sorted by len */
+static int BY_LEN[MAX_NAME + 2];  /* RULES[BY_LEN[n] .. BY_LEN[n + 1]) have length n */
+static struct rule PREFIXES[MAX_PREFIXES];
+static int NPREFIXES;
+static unsigned char NORM[256];
+/* A filter before any comparison: bit (first byte & 63) set when some rule of that length (or some prefix)
+ * starts with that byte, so most fields (accept*, cookie, user-agent, sec-*) cost one length and one bit test. */
+static unsigned long long FIRST_BY_LEN[MAX_NAME + 1], PREFIX_FIRST;
+#define FIRST_BIT(c) (1ULL << (NORM[(unsigned char)(c)] & 63))
+
+static int neq(const unsigned char *p, Py_ssize_t len, const unsigned char *lit) {
+    for (Py_ssize_t k = 0; k < len; k++)
+        if (NORM[p[k]] != lit[k]) return 0;
+    return 1;
+}
+
 static enum kind request_field(const unsigned char *name, Py_ssize_t len) {
-    if (IS("host")) return HOST;
-    if (IS("connection")) return CONNECTION;
-    if (IS("keep-alive")) return DROP;
-    if (IS("content-length") || IS("transfer-encoding") || IS("upgrade") || IS("expect") || IS("te")
-        || IS("trailer") || IS("via") || PRE("proxy-") || PRE("x-forwarded-") || PRE("fly-"))
-        return REJECT;
+    unsigned long long bit = FIRST_BIT(name[0]);  /* len >= 1: a field name is one tchar or more */
+    if (len <= MAX_NAME && (FIRST_BY_LEN[len] & bit))
+        for (int r = BY_LEN[len]; r < BY_LEN[len + 1]; r++)
+            if (neq(name, len, RULES[r].name)) return RULES[r].kind;
+    if (PREFIX_FIRST & bit)
+        for (int r = 0; r < NPREFIXES; r++)
+            if (len >= PREFIXES[r].len && neq(name, PREFIXES[r].len, PREFIXES[r].name)) return REJECT;
     return KEEP;
+}
+
+/* One table entry: a name as fields.py spells it (lower case, '-'), stored as NORM would read it. */
+static int set_rule(struct rule *rule, PyObject *name, long kind) {
+    if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) < 1 || PyBytes_GET_SIZE(name) > MAX_NAME
+        || kind < KEEP || kind > CONNECTION) {
+        PyErr_SetString(PyExc_ValueError, "edge_proxy.fields: a lane rule has a bad name or kind");
+        return -1;
+    }
+    rule->len = PyBytes_GET_SIZE(name);
+    rule->kind = (enum kind)kind;
+    for (Py_ssize_t k = 0; k < rule->len; k++)
+        rule->name[k] = NORM[(unsigned char)PyBytes_AS_STRING(name)[k]];
+    return 0;
+}
+
+static int load_rules(void) {
+    PyObject *fields = PyImport_ImportModule("edge_proxy.fields");
+    if (fields == NULL) return -1;
+    PyObject *table = PyObject_GetAttrString(fields, "LANE_REQUEST");
+    PyObject *prefixes = PyObject_GetAttrString(fields, "LANE_PREFIXES");
+    Py_DECREF(fields);
+    int ok = -1, n = 0;
+    if (table == NULL || prefixes == NULL || !PyDict_Check(table) || !PyTuple_Check(prefixes)
+        || PyDict_Size(table) > MAX_RULES || PyTuple_GET_SIZE(prefixes) > MAX_PREFIXES) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "edge_proxy.fields: bad lane tables");
+        goto done;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    struct rule rule;
+    while (PyDict_Next(table, &pos, &key, &value)) {
+        long kind = PyLong_AsLong(value);
+        if (kind == -1 && PyErr_Occurred()) goto done;
+        if (set_rule(&rule, key, kind) < 0) goto done;
+        int at = n++;  /* insertion sort by length */
+        while (at > 0 && RULES[at - 1].len > rule.len) {
+            RULES[at] = RULES[at - 1];
+            at--;
+        }
+        RULES[at] = rule;
+        FIRST_BY_LEN[rule.len] |= FIRST_BIT(rule.name[0]);
+    }
+    for (Py_ssize_t len = 0, r = 0; len <= MAX_NAME + 1; len++) {
+        while (r < n && RULES[r].len < len) r++;
+        BY_LEN[len] = (int)r;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(prefixes); k++) {
+        if (set_rule(&PREFIXES[k], PyTuple_GET_ITEM(prefixes, k), REJECT) < 0) goto done;
+        PREFIX_FIRST |= FIRST_BIT(PREFIXES[k].name[0]);
+    }
+    NPREFIXES = (int)PyTuple_GET_SIZE(prefixes);
+    ok = 0;
+done:
+    Py_XDECREF(table);
+    Py_XDECREF(prefixes);
+    return ok;
 }
 
 static enum kind response_field(const unsigned char *name, Py_ssize_t len) {
@@ -291,7 +371,9 @@ PyMODINIT_FUNC PyInit__simple(void) {
         FIELD[c] = (unsigned char)(c == '\t' || (c >= 0x20 && c != 0x7f));
         REGNAME[c] = (unsigned char)ALNUM(c) || (c && strchr("._~%!$&'()*+,;=-", c) != NULL);
         HEX[c] = (unsigned char)((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'));
+        NORM[c] = (unsigned char)(c == '_' ? '-' : (c >= 'A' && c <= 'Z') ? c | 0x20 : c);
     }
+    if (load_rules() < 0) return NULL;
     GET_BYTES = PyBytes_FromString("GET");
     HEAD_BYTES = PyBytes_FromString("HEAD");
     if (GET_BYTES == NULL || HEAD_BYTES == NULL) return NULL;

@@ -23,6 +23,10 @@ class ServerLimits:
     max_headers: int = 100
     header_timeout: float = 10.0  # from the first byte of a request to the end of its head
     idle_timeout: float = 60.0  # keep-alive wait for the next request
+    # A new connection's first request head must be complete this many seconds after the accept, however its
+    # bytes trickle in (Slowloris: connections opened and held idle or half-sent); None: idle_timeout, then
+    # header_timeout from the first byte, as for later requests.
+    first_head_timeout: float | None = None
     body_high_water: int = 256 * 1024  # request body bytes held before reading pauses
     body_timeout: float = 60.0  # longest silence inside a request body before the connection is cut
     write_high_water: int = 256 * 1024  # response bytes queued before the producer is paused

@@ -187,12 +187,16 @@ def validate_request(head: RequestHead, max_headers: int = 100) -> None:
     if not head.target.startswith(b"/"):
         if head.target == b"*" and head.method == b"OPTIONS":
             return
-        # absolute-form (RFC 9112 §3.2.2): accept, taking the authority as Host.
+        # absolute-form (RFC 9112 §3.2.2): accept, taking the authority as Host. The received Host field is
+        # ignored and replaced, so what the request is routed by is what the machine sees as its Host.
         if head.target.lower().startswith((b"http://", b"https://")):
             rest = head.target.split(b"://", 1)[1]
             authority, _, path = rest.partition(b"/")
+            if not authority or not _HOST.match(authority):
+                raise HttpError(400, "PH01", "invalid authority in the request target")
             head.host = authority
             head.target = b"/" + path
+            head.headers[:] = [(b"host", authority), *((k, v) for k, v in head.headers if k != b"host")]
             return
         raise HttpError(400, "PH01", "invalid request target")
     for name, _ in head.headers:

@@ -91,6 +91,7 @@ class ServerConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._deadline = 0.0  # monotonic time of the pending head/idle timeout; 0 = none
+        self._first_deadline = 0.0  # the first head's deadline (`ServerLimits.first_head_timeout`); 0 = none
         self._body_seen = 0.0  # when request body bytes last arrived (for body_timeout)
         self._swept = False  # registered with the loop's sweeper
         # A fast-path exchange's first-byte deadline, checked by the sweeper like the head/idle ones (no
@@ -113,7 +114,12 @@ class ServerConnection(asyncio.Protocol):
             self.peer = (str(peer[0]), int(peer[1]))
         if sock:
             self.local_port = int(sock[1])
-        self._arm(self.limits.idle_timeout)
+        first = self.limits.first_head_timeout
+        if first is not None and first < self.limits.idle_timeout:
+            self._arm(first)
+            self._first_deadline = self._deadline
+        else:
+            self._arm(self.limits.idle_timeout)
         if self._on_open is not None:
             self._on_open(self)
 
@@ -197,7 +203,9 @@ class ServerConnection(asyncio.Protocol):
         self._headers = []
         self._size = 0
         self._noted = _NONE
-        if self._current is None:
+        # Not for the first head while its deadline from the accept still stands: trickling bytes must not buy
+        # a new connection more time.
+        if self._current is None and not self.awaiting_first_head:
             self._arm(self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -448,6 +456,12 @@ class ServerConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closing = True
             self.transport.abort()
+
+    @property
+    def awaiting_first_head(self) -> bool:
+        """A new connection still inside `first_head_timeout` with no request head complete (idle or trickling):
+        the deadline from the accept is still the one armed (a request in flight or done re-arms or clears it)."""
+        return self._first_deadline != 0.0 and self._deadline == self._first_deadline
 
     @property
     def idle(self) -> bool:

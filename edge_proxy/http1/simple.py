@@ -16,6 +16,8 @@ import os
 import re
 from collections.abc import Callable
 
+from edge_proxy import fields
+
 # RFC 9110 §5.6.2 tchar. RFC 9112 §5.1: no whitespace between the field name and the colon.
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 # field-value bytes with the OWS around them: HTAB, SP, VCHAR, obs-text; no CR, LF, NUL, other controls or DEL.
@@ -33,10 +35,10 @@ _RESPONSE_RE = re.compile(rb"HTTP/1\.1 ([0-9]{3}) [\t\x20-\x7e\x80-\xff]*\r\n(" 
 _HOST_RE = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]{1,5})?")
 _DIGITS_RE = re.compile(rb"[0-9]{1,15}")
 
-# Request fields that mean a body, a protocol switch or a hop that is not ours, or that the edge itself sets.
-_REQUEST_REFUSED = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"te", b"trailer",
-                              b"via"})
-_REQUEST_REFUSED_PREFIXES = (b"proxy-", b"x-forwarded-", b"fly-")
+# What the lane does with a request field (a body, a protocol switch, a hop that is not ours, a field the edge sets
+# or reads: REJECT), from the edge's one table of fields; names are matched lower-cased and with `_` read as `-`.
+_REQUEST_KINDS = fields.LANE_REQUEST
+_REQUEST_REFUSED_PREFIXES = fields.LANE_PREFIXES
 # Response fields that mean another framing (§6.3), a protocol switch, a replay or a hop; the caller adds its own.
 _RESPONSE_REFUSED = frozenset({b"transfer-encoding", b"upgrade", b"te", b"trailer", b"via", b"fly-replay"})
 _RESPONSE_DROPPED = frozenset({b"server", b"fly-request-id", b"keep-alive"})
@@ -56,20 +58,24 @@ def scan_request_py(data: bytes, max_headers: int) -> tuple[bytes, bytes, bytes]
     host: bytes | None = None
     dropped: list[tuple[int, int]] = []
     for f in _FIELD_RE.finditer(data, block_start, block_end):
-        name = f[1].lower()
-        if name == b"host":
+        name = f[1].lower().replace(b"_", b"-")
+        kind = _REQUEST_KINDS.get(name, fields.KEEP)
+        if kind == fields.KEEP:
+            if name.startswith(_REQUEST_REFUSED_PREFIXES):
+                return None
+        elif kind == fields.HOST:
             if host is not None:
                 return None
             host = f[2].strip(_OWS)
             if not host or _HOST_RE.fullmatch(host) is None:
                 return None
-        elif name == b"connection":
+        elif kind == fields.CONNECTION:
             if f[2].strip(_OWS).lower() != b"keep-alive":
                 return None
             dropped.append(f.span())
-        elif name == b"keep-alive":
+        elif kind == fields.DROP:
             dropped.append(f.span())
-        elif name in _REQUEST_REFUSED or name.startswith(_REQUEST_REFUSED_PREFIXES):
+        else:
             return None
     if host is None:
         return None

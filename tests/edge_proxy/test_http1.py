@@ -319,6 +319,9 @@ async def test_refused_upgrade_answers_then_closes(tmp_path: Path) -> None:
 async def test_connection_limit(tmp_path: Path) -> None:
     async with edge_lab(tmp_path, ONE, max_connections=2) as lab:
         held = [await asyncio.open_connection("127.0.0.1", lab.port) for _ in range(2)]
+        for reader, writer in held:  # connections in use: not evicted for a new one (test_security.py)
+            writer.write(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
         for _ in range(100):
             if len(lab.service.proxy.connections) == 2:
                 break

@@ -144,3 +144,29 @@ def test_edge_measures_rtt_to_each_worker(lab: Lab, lab_app: Callable[..., list[
     # beyond the order of magnitude the lab's delay line guarantees).
     assert rtt["worker-gru"] < rtt["worker-gig"] < rtt["worker-sjc"], rtt
     assert 100 < rtt["worker-sjc"] < 400, rtt
+
+
+def test_another_org_cannot_take_an_apps_name_or_spoof_edge_fields(lab: Lab, lab_app: Callable[..., list[Machine]]
+                                                                   ) -> None:
+    """Issue 15, at every edge with curl: globex lists acme's `secweb.sixpn.test` among its hostnames; every
+    client is still served by acme's app (and globex by its own name); underscore spellings of edge fields sent
+    by the client never reach the app."""
+    lab_app("secweb", org="acme", count=3, regions=["gru", "gig", "sjc"], config=WEB)
+    lab_app("secevil", org="globex", count=3, regions=["gru", "gig", "sjc"],
+            config={**WEB, "hostnames": ["secweb.sixpn.test", "secevil.example.test"]})
+    for region in ("gru", "gig", "sjc"):
+        client = f"client-{region}"
+        for _ in range(40):  # this edge may need a moment to see the new app
+            out = lab.exec(client, ["curl", "-s", "-m", "10", "-w", "\n%{http_code}", "-H",
+                                    "Host: secevil.example.test", f"http://{ANYCAST}/"]).stdout
+            body, _, code = out.rpartition("\n")
+            if code == "200":
+                break
+            time.sleep(0.25)
+        assert code == "200" and json.loads(body)["app"] == "secevil", out  # routed by its own hostname
+        for _ in range(3):  # keep-alive or not, every path
+            doc = get_json(lab, client, "secweb", "-H", "X_Forwarded_For: 6.6.6.6", "-H", "Fly_Client_IP: 6.6.6.6",
+                           "-H", "x_forwarded-proto: https")
+            assert doc["app"] == "secweb" and doc["region"] == region
+            assert not [k for k in doc["headers"] if "_" in k], doc["headers"]
+            assert "6.6.6.6" not in json.dumps(doc["headers"])

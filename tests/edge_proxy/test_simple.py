@@ -150,7 +150,8 @@ REQUEST_SPECIAL_NAMES = [
     b"Content-Length: 0", b"Transfer-Encoding: chunked", b"Upgrade: websocket", b"Expect: 100-continue",
     b"TE: trailers", b"Trailer: x", b"Via: 1.1 x", b"Proxy-Authorization: x", b"Proxy-Connection: x", b"proxy-: x",
     b"X-Forwarded-For: 1.2.3.4", b"x-forwarded-proto: https", b"Fly-Replay: region=a", b"fly-force-instance-id: x",
-    b"FLY-PREFER-REGION: gru",
+    b"FLY-PREFER-REGION: gru", b"Fly_Client_IP: 6.6.6.6", b"X_Forwarded_For: 6.6.6.6", b"x-forwarded_proto: https",
+    b"Content_Length: 0", b"Transfer_Encoding: chunked", b"PROXY_: x",
 ]
 
 
@@ -415,7 +416,7 @@ tails = st.lists(fields([(b"Fly-Request-Id", b"01H"), (b"Via", b"1.1 fly"), (b"X
 
 def expected_request(m: Message, max_headers: int) -> tuple[bytes, bytes, bytes] | None:
     """The answer the brief's rules give, from the generator's record of the pieces."""
-    names = [f.name.lower() for f in m.fields]
+    names = [f.name.lower().replace(b"_", b"-") for f in m.fields]  # `X_Forwarded_For` is x-forwarded-for
     if not m.ok or not m.host_ok or len(m.fields) > max_headers or any(
             n in (b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"te", b"trailer", b"via")
             or n.startswith((b"proxy-", b"x-forwarded-", b"fly-"))
@@ -693,3 +694,34 @@ def test_dispatcher_uses_c_when_built() -> None:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SIXPN_NO_C": "1"}, check=True,
                          capture_output=True, text=True).stdout
     assert out.split() == ["False", "edge_proxy.http1.simple"]
+
+
+# --- the lane's table of request fields (edge_proxy/fields.py), which both recognizers read ----------------
+
+def test_both_recognizers_follow_the_edge_fields_table(impl: Impl) -> None:
+    """Every name of `fields.LANE_REQUEST`, in several spellings (case, `_` for `-`), gets the table's kind."""
+    from edge_proxy import fields
+
+    def spellings(name: bytes) -> list[bytes]:
+        return [name, name.upper(), name.title(), *fields.underscore_spellings([name]),
+                *(s.upper() for s in fields.underscore_spellings([name]))]
+
+    for name, kind in fields.LANE_REQUEST.items():
+        for spelled in spellings(name):
+            value = b"keep-alive" if kind == fields.CONNECTION else b"b"
+            extra = b"" if kind == fields.HOST else b"Host: a\r\n"
+            data = b"GET / HTTP/1.1\r\n" + extra + spelled + b": " + value + b"\r\nX: 1\r\n\r\n"
+            got = impl.scan_request(data, 100)
+            if kind == fields.REJECT:
+                assert got is None, spelled
+            elif kind in (fields.DROP, fields.CONNECTION):
+                assert got is not None and spelled not in got[2], spelled
+            else:
+                assert got is not None and (spelled in got[2] or kind == fields.HOST), spelled
+    for prefix in fields.LANE_PREFIXES:
+        for spelled in spellings(prefix + b"anything"):
+            assert impl.scan_request(b"GET / HTTP/1.1\r\nHost: a\r\n" + spelled + b": 1\r\n\r\n", 100) is None
+    # Everything the general path drops or acts on is refused (or dropped) by the lane, in every spelling.
+    for name in fields.OWNED | fields.APPENDED | fields.STEERING | fields.UNDERSCORED:
+        got = impl.scan_request(b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": 1\r\n\r\n", 100)
+        assert got is None or name not in got[2].lower(), name
