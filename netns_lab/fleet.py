@@ -117,7 +117,7 @@ def write_fleet(plan: Plan, run_dir: Path, catalog_mode: str, cluster: bool) -> 
         ports = _free_ports(len(nats.servers))
         door = Door(plan.bb_ns, {s.region: p for s, p in zip(nats.servers, ports, strict=True)},
                     {s.region: (s.address, s.client_port) for s in nats.servers})
-        (run_dir / "door.json").write_text(json.dumps(door.to_json()))
+        write_private(run_dir / "door.json", json.dumps(door.to_json()))
         creds = {u: natsconf.mint_credentials(u) for u in (natsconf.ADMIN_USER, natsconf.ROUTE_USER)}
         creds.update({natsconf.host_user(n.name): natsconf.mint_credentials(natsconf.host_user(n.name))
                       for n in plan.hosts()})
@@ -140,7 +140,7 @@ def write_fleet(plan: Plan, run_dir: Path, catalog_mode: str, cluster: bool) -> 
             catalog=CatalogConfig(mode=catalog_mode,
                                   nats=tuple(nats.client_urls(node.region, regions)) if nats else (),
                                   credentials=creds_path if nats else None, stream=DEFAULT_STREAM))
-        (hdir / "host.toml").write_text(render_host_config(config))
+        write_private(hdir / "host.toml", render_host_config(config))
         if nats is not None and any(s.name == node.name for s in nats.servers):
             store = (state if replicated else hdir) / "nats"  # never the shared embedded state directory
             text = natsconf.render_server_conf(nats, node.name, store, users,
@@ -152,7 +152,7 @@ def write_fleet(plan: Plan, run_dir: Path, catalog_mode: str, cluster: bool) -> 
         name="operator", role="operator", region=plan.regions[0].code, underlay="", state_dir=op_state,
         catalog=CatalogConfig(mode=catalog_mode, nats=tuple(door.urls()) if door else (),
                               credentials=operator_dir(run_dir) / "admin.creds" if door else None))
-    operator_config_path(run_dir).write_text(render_host_config(operator))
+    write_private(operator_config_path(run_dir), render_host_config(operator))
     return door
 
 
