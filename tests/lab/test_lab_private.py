@@ -32,7 +32,8 @@ def test_run_dir_logs_keys_and_catalog_are_private() -> None:
         os.umask(old)
     try:
         run = lab.run_dir
-        dirs = [run, *(p for p in run.rglob("*") if p.is_dir())]
+        share = run / "share"  # the machines' shared files: 1777 on purpose, bind-mounted into each sandbox
+        dirs = [run, *(p for p in run.rglob("*") if p.is_dir() and share not in (p, *p.parents))]
         logs = sorted(lab.logs_dir.glob("*.log"))
         keys = sorted((run / "keys").glob("*"))
         db = sorted((run / "state").glob("catalog.db*"))
@@ -44,5 +45,6 @@ def test_run_dir_logs_keys_and_catalog_are_private() -> None:
         assert wide == {}
         # Whatever else is in the run directory is unreachable for others through its 0700 directories.
         assert stat.S_IMODE(run.stat().st_mode) == 0o700
+        assert stat.S_IMODE(share.stat().st_mode) == 0o1777
     finally:
         Lab.down(P)
