@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -105,9 +106,10 @@ class Journey:
 
     def lab_up(self, step: Step) -> None:
         t0 = time.monotonic()
-        self.lab = Lab.up(self.topology, self.lab_id, wait_ready=True)
+        # The demo runs the lab as a fleet: a NATS server per region, a replica of the catalog on every host.
+        self.lab = Lab.up(self.topology, self.lab_id, wait_ready=True, catalog="replicated")
         nodes = len(self.lab.status().get("nodes", []))
-        step.detail = f"lab {self.lab_id}: {nodes} nodes in gru, gig, sjc; anycast {ANYCAST}"
+        step.detail = f"lab {self.lab_id}: {nodes} nodes in gru, gig, sjc; anycast {ANYCAST}; catalog on 3 NATS servers"
         step.figure = f"{time.monotonic() - t0:.1f} s"
 
     def apps(self, step: Step) -> None:
@@ -150,6 +152,36 @@ class Journey:
             raise DemoError(f"vms.web.internal TXT lacks a machine: {vms}")
         step.detail = "dig from acme machine: web.internal 3 AAAA, gru.web.internal 1 AAAA, vms TXT 3"
         step.figure = f"gru.web.internal = {answers['gru.web.internal'][0]}"
+
+    def replication(self, step: Step) -> None:
+        """A catalog write through the cluster (its stream leader is in gru), timed until the DNS server of
+        another region answers from it: a `dig` loop in the sjc machine stamps the first answer."""
+        assert self.lab is not None
+        gru, sjc = self.machines["gru"], self.machines["sjc"]
+        token = secrets.token_hex(4)
+        name = f"{token}.demo.kv._metadata.web.internal"
+        loop = (f"end=$(($(date +%s)+15)); while [ $(date +%s) -lt $end ]; do "
+                f"a=$(dig +short +time=1 +tries=1 AAAA {name}); "
+                f'if [ -n "$a" ]; then date +%s.%N; echo "$a"; exit 0; fi; done; exit 1')
+        probe = subprocess.Popen(self.lab.exec_argv(sjc, ["sh", "-c", loop]), stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+        try:
+            time.sleep(0.5)  # the loop is asking (and getting NXDOMAIN) before the write
+            with self.lab.catalog() as cat:
+                machine = cat.machine(gru)
+                written = time.time()
+                cat.set_machine_metadata(gru, {**machine.metadata, "demo": token})
+            out, _ = probe.communicate(timeout=30)
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+        lines = out.split()
+        if probe.returncode != 0 or len(lines) < 2 or lines[1] != machine.address:
+            raise DemoError(f"{name} never answered {machine.address} in sjc (saw {lines[1:] or 'nothing'})")
+        delay = (float(lines[0]) - written) * 1000
+        one_way = self.lab.regions.rtt("gru", "sjc") / 2
+        step.detail = "metadata written via the cluster; sjc's DNS answers the _metadata name"
+        step.figure = f"write -> sjc dig {delay:.0f} ms, one-way RTT gru-sjc {one_way:.0f} ms"
 
     def laptop(self, step: Step) -> None:
         assert self.lab is not None
@@ -206,6 +238,7 @@ def run(lab_id: str, keep: bool = False) -> int:
         ("apps and machines", journey.apps),
         ("anycast from each region", journey.anycast),
         (".internal DNS from a machine", journey.dns),
+        ("a write in gru, seen in sjc's DNS", journey.replication),
         ("laptop joins over WireGuard", journey.laptop),
         ("machine stopped, traffic fails over", journey.failover),
     ]
