@@ -12,7 +12,7 @@ pytestmark = pytest.mark.lab
 
 STEPS = (
     "lab up", "apps and machines", "anycast from each region", ".internal DNS from a machine",
-    "laptop joins over WireGuard", "machine stopped, traffic fails over",
+    "a write in gru, seen in sjc's DNS", "laptop joins over WireGuard", "machine stopped, traffic fails over",
 )
 
 
