@@ -42,7 +42,14 @@ def private_file(path: str | Path) -> Path:
     """`path` exists and is 0600 (created empty if missing): for files another library then opens, such as
     SQLite's database, whose `-wal` and `-shm` files SQLite creates with the database file's mode."""
     path = Path(path)
-    os.close(_open(path, os.O_RDWR))
+    try:
+        # Only a file we create is opened: closing any descriptor of a file drops every POSIX lock this process
+        # holds on it, so opening an existing database here would silently release the locks of the process's
+        # open SQLite connections (and let another connection delete its -wal and -shm under them).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+    except FileExistsError:
+        pass
+    _tighten(path, FILE_MODE)
     return path
 
 

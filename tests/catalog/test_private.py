@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +72,23 @@ def test_logs_and_files_written_by_the_helpers(tmp_path: Path, permissive_umask:
         out.write(b"more\n")
     assert {p.name: mode(p) for p in logs.iterdir()} == {
         "a.log": 0o600, "b.txt": 0o600, "access.log": 0o600, "old.log": 0o600}
+
+
+
+def test_opening_the_catalog_again_keeps_the_first_connections_locks(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops all of the process's POSIX locks on it: the mode check must not open
+    an existing database, or another process closing its catalog would delete the WAL under this one's feet."""
+    first = Catalog(tmp_path)
+    try:
+        first.create_org("acme")
+        wal = tmp_path / "catalog.db-wal"
+        assert wal.exists()
+        Catalog(tmp_path).close()
+        other = "import sys; from catalog import Catalog; Catalog(sys.argv[1]).close()"
+        subprocess.run([sys.executable, "-c", other, str(tmp_path)], check=True, timeout=60)
+        assert wal.exists()
+        first.create_org("globex")
+    finally:
+        first.close()
+    with Catalog(tmp_path) as again:
+        assert {org.name for org in again.snapshot().orgs.values()} >= {"acme", "globex"}
