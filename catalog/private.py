@@ -42,13 +42,11 @@ def private_file(path: str | Path) -> Path:
     """`path` exists and is 0600 (created empty if missing): for files another library then opens, such as
     SQLite's database, whose `-wal` and `-shm` files SQLite creates with the database file's mode."""
     path = Path(path)
-    try:
-        # Only a file we create is opened: closing any descriptor of a file drops every POSIX lock this process
-        # holds on it, so opening an existing database here would silently release the locks of the process's
-        # open SQLite connections (and let another connection delete its -wal and -shm under them).
+    # Only a file we create is opened: closing any descriptor of a file drops every POSIX lock this process
+    # holds on it, so opening an existing database here would silently release the locks of the process's
+    # open SQLite connections (and let another connection delete its -wal and -shm under them).
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
-    except FileExistsError:
-        pass
     _tighten(path, FILE_MODE)
     return path
 
