@@ -67,6 +67,9 @@ class Host:
     underlay: str  # underlay address the mesh endpoints use (IPv4 or IPv6)
     public_key: str = ""  # WireGuard public key, base64; empty until the host's agent has one
     wg_port: int = 51820
+    # Host-owned: the catalog position (`Catalog.position()`, the same on every replica) up to which this host's
+    # mesh agent has applied its peers; written only by the host itself, and only ever forward.
+    mesh_applied: int = 0
 
     @property
     def mesh_address(self) -> ipaddress.IPv6Address:
@@ -119,6 +122,13 @@ def merge_observed(current: Machine, incoming: Machine) -> Machine:
     if current.obs_gen <= incoming.obs_gen:
         return incoming
     return replace(incoming, **{name: getattr(current, name) for name in OBSERVED_FIELDS})
+
+
+def merge_host_observed(current: Host, incoming: Host) -> Host:
+    """`incoming` (a global write, which never owns `mesh_applied`) with the host's own latest report."""
+    if incoming.mesh_applied >= current.mesh_applied:
+        return incoming
+    return replace(incoming, mesh_applied=current.mesh_applied)
 
 
 Record = Org | Network | App | Host | Machine | Peer

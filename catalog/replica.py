@@ -9,7 +9,8 @@ message (JSON bodies, `"v": 1`):
   `Nats-Expected-Last-Subject-Sequence`, so two racing writers cannot both win.
 - `sixpn.cat.host.<host>`: one observed report of a machine on `<host>`
   (`{"machine": id, "observed": {state, restarts, exit_code, health, obs_gen}}`), written only by that
-  host's credentials; applied only to a machine on that host, and only if its `obs_gen` is newer.
+  host's credentials; applied only to a machine on that host, and only if its `obs_gen` is newer. Or the
+  host's own report (`{"host": {"mesh_applied": position}}`), applied only if it moves forward.
 
 Applying is deterministic (the same messages in the same order give the same rows on every replica), so a
 replica at stream sequence S holds what every other replica holds at S — except for its own host's reports
@@ -30,7 +31,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from catalog.models import KINDS, OBSERVED_FIELDS, Machine, Record, decode, encode, key_of, kind_of, merge_observed
+from catalog.models import (
+    KINDS,
+    OBSERVED_FIELDS,
+    Host,
+    Machine,
+    Record,
+    decode,
+    encode,
+    key_of,
+    kind_of,
+    merge_host_observed,
+    merge_observed,
+)
 
 log = logging.getLogger("sixpn.catalog.replica")
 
@@ -71,6 +84,10 @@ def global_body(ops: list[list[Any]]) -> bytes:
 def observed_body(machine: Machine) -> bytes:
     observed = {name: getattr(machine, name) for name in OBSERVED_FIELDS}
     return json.dumps({"v": FORMAT, "machine": machine.id, "observed": observed}, separators=(",", ":")).encode()
+
+
+def host_report_body(host: Host) -> bytes:
+    return json.dumps({"v": FORMAT, "host": {"mesh_applied": host.mesh_applied}}, separators=(",", ":")).encode()
 
 
 def meta(db: sqlite3.Connection, key: str) -> int:
@@ -154,6 +171,10 @@ class Applier:
                 current = self._machine(record.id)
                 if current is not None:
                     record = merge_observed(current, record)
+            elif isinstance(record, Host):
+                current_host = self._host(record.name)
+                if current_host is not None:
+                    record = merge_host_observed(current_host, record)
             self._put(record)
         elif verb == "delete":
             self._delete(op[1])
@@ -165,6 +186,9 @@ class Applier:
             self.db.execute("DELETE FROM addresses WHERE address=?", (op[1],))
 
     def _observed(self, host: str, body: dict[str, Any]) -> None:
+        if "host" in body:
+            self._host_report(host, body["host"])
+            return
         machine_id, observed = body.get("machine"), body.get("observed")
         if not isinstance(machine_id, str) or not isinstance(observed, dict) or set(observed) != set(OBSERVED_FIELDS):
             raise BadMessage("an observed report needs machine and every observed field")
@@ -179,7 +203,24 @@ class Applier:
             return  # this replica holds the same or a newer report (its own host's, applied locally first)
         self._put(incoming)
 
+    def _host_report(self, host: str, report: Any) -> None:
+        position = report.get("mesh_applied") if isinstance(report, dict) else None
+        if not isinstance(position, int) or isinstance(position, bool) or set(report) != {"mesh_applied"}:
+            raise BadMessage("a host report needs mesh_applied, an integer, and nothing else")
+        current = self._host(host)
+        if current is None or position <= current.mesh_applied:
+            return  # deleted since, or this replica holds the same or a newer report
+        self._put(replace(current, mesh_applied=position))
+
     # -- rows ------------------------------------------------------------------------------------
+
+    def _host(self, name: str) -> Host | None:
+        row = self.db.execute("SELECT data FROM records WHERE kind='host' AND key=?", (name,)).fetchone()
+        if row is None:
+            return None
+        record = decode("host", json.loads(row[0]))
+        assert isinstance(record, Host)
+        return record
 
     def _machine(self, machine_id: str) -> Machine | None:
         row = self.db.execute("SELECT data FROM records WHERE kind='machine' AND key=?", (machine_id,)).fetchone()

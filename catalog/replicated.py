@@ -24,7 +24,7 @@ from typing import Any
 
 from catalog.errors import CatalogError, WriteConflict
 from catalog.fleetconfig import HostConfig
-from catalog.models import Change, Machine, Record
+from catalog.models import Change, Host, Machine, Record
 from catalog.natslink import SyncLink
 from catalog.regions import RegionTable
 from catalog.replica import (
@@ -32,6 +32,7 @@ from catalog.replica import (
     Applier,
     Message,
     global_body,
+    host_report_body,
     host_subject,
     meta,
     observed_body,
@@ -77,6 +78,12 @@ class ReplicatedCatalog(Catalog):
 
     def replica_seq(self) -> int:
         return meta(self.db, "seq")
+
+    def position(self) -> int:
+        """The stream sequence this replica has applied (the operator's seat syncs first: its reads are fresh)."""
+        if self.fresh_reads:
+            self.sync()
+        return self.replica_seq()
 
     def sync(self, upto: int | None = None) -> int:
         """Apply every stream message up to `upto` (default: the stream's last); returns the replica's seq."""
@@ -136,6 +143,7 @@ class ReplicatedCatalog(Catalog):
         except WriteConflict:
             self.sync()
             raise
+        self.written = seq
         if seq == self.replica_seq() + 1:
             apply_messages(self.db, [Message(seq, GLOBAL_SUBJECT, body)])  # nothing between: no round trip
         else:
@@ -152,6 +160,8 @@ class ReplicatedCatalog(Catalog):
             for op in tx.ops:
                 if op[0] == "put" and op[1] == "machine":
                     self._queue(host, self._record(op))
+                elif op[0] == "put" and op[1] == "host":
+                    self._queue_host(self._host_record(op))
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -164,6 +174,19 @@ class ReplicatedCatalog(Catalog):
         record: Record = decode(op[1], op[2])
         assert isinstance(record, Machine)
         return record
+
+    @staticmethod
+    def _host_record(op: list[Any]) -> Host:
+        from catalog.models import decode
+
+        record: Record = decode(op[1], op[2])
+        assert isinstance(record, Host)
+        return record
+
+    def _queue_host(self, host: Host) -> None:
+        self.db.execute("INSERT INTO outbox (subject, msg_id, body) VALUES (?, ?, ?)",
+                        (host_subject(host.name), f"mesh-{host.name}-{host.mesh_applied}",
+                         host_report_body(host).decode()))
 
     def _queue(self, host: str, machine: Machine) -> None:
         self.db.execute("INSERT INTO outbox (subject, msg_id, body) VALUES (?, ?, ?)",

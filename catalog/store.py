@@ -185,6 +185,7 @@ class Catalog:
     def __init__(self, state_dir: str | Path | None = None, regions: RegionTable | None = None) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.regions = regions or default_regions()
+        self.written = 0  # the position of this handle's last write (`position()`'s order), 0 before any
         try:
             # Every org's config and [env] are in here: 0700, and the database 0600 before SQLite opens it
             # (SQLite gives its -wal and -shm files the database file's mode; older ones are tightened).
@@ -226,7 +227,10 @@ class Catalog:
         belongs to (None: a global write); the embedded catalog commits both alike."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            yield _Tx(self.db)
+            tx = _Tx(self.db)
+            yield tx
+            if tx.ops:
+                self.written = self.version()
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -237,6 +241,12 @@ class Catalog:
     def version(self) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(version), 0) FROM changes").fetchone()
         return int(row[0])
+
+    def position(self) -> int:
+        """Where this catalog is in the one order every replica shares: here the version itself; on a replica
+        the stream sequence it has applied (local versions differ between replicas, positions do not). A
+        process that reads the position before polling its changes has applied at least that much after."""
+        return self.version()
 
     def snapshot(self) -> State:
         """Every row at one version, read in one transaction (WAL gives it a consistent view)."""
@@ -376,7 +386,19 @@ class Catalog:
     def set_host_key(self, name: str, public_key: str) -> Host:
         with self._write() as tx:
             host = tx.need(Host, "host", name)
-            updated = Host(host.name, host.region, host.role, host.host_id, host.underlay, public_key, host.wg_port)
+            updated = replace(host, public_key=public_key)
+            tx.put(updated)
+        return updated
+
+    @write_op
+    def observe_host(self, host: str, mesh_applied: int) -> Host:
+        """Host-owned: `host`'s mesh agent has applied its peers up to catalog position `mesh_applied`. Only
+        forward: an older position leaves the row as it is (and writes nothing)."""
+        with self._write(owner=host) as tx:
+            current = tx.need(Host, "host", host)
+            if mesh_applied <= current.mesh_applied:
+                return current
+            updated = replace(current, mesh_applied=mesh_applied)
             tx.put(updated)
         return updated
 

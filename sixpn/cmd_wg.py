@@ -13,7 +13,6 @@ from sixpn.context import open_catalog, state_dir
 from sixpn.output import emit
 from sixpn.registry import Registry
 from wgmesh import MeshError
-from wgmesh.applied import read_applied
 from wgmesh.desired import WG_PORT
 from wgmesh.peers import Created, create, list_peers, remove, reset
 
@@ -82,11 +81,12 @@ def mesh_status(args: argparse.Namespace) -> None:
         state = cat.snapshot()
     rows = []
     for host in sorted(state.hosts.values(), key=lambda h: h.host_id):
-        applied = read_applied(cat.state_dir, host.name)
+        # What the host's agent reported in the catalog (at start and after each change to its laptop peers),
+        # so the same from any host of the fleet.
         rows.append({"host": host.name, "role": host.role, "region": host.region,
-                     "mesh_address": str(host.mesh_address), "keyed": bool(host.public_key), "applied": applied,
-                     "behind": None if applied is None else max(state.version - applied, 0)})
-    emit(rows, ["host", "role", "region", "mesh_address", "keyed", "applied", "behind"], args.json)
+                     "mesh_address": str(host.mesh_address), "keyed": bool(host.public_key),
+                     "applied": host.mesh_applied or None})
+    emit(rows, ["host", "role", "region", "mesh_address", "keyed", "applied"], args.json)
 
 
 def _print_config(made: Created, file: Path | None, qr: bool) -> None:

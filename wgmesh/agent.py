@@ -3,8 +3,13 @@ and follows the catalog live.
 
 Each reconcile reads the observed state (`wg show dump`, netlink), plans against the catalog, applies
 only the difference, then records the catalog version it has applied in `<state>/mesh/<host>.applied`
-(JSON), which `sixpn wg remove|create|reset` wait on. A reconcile also runs every `resync` seconds
-so drift (someone removed a peer by hand) heals; an empty diff applies nothing.
+(JSON, this host's own status). A reconcile also runs every `resync` seconds so drift (someone removed a
+peer by hand) heals; an empty diff applies nothing.
+
+`sixpn wg create|remove|reset` may run on any host of the fleet, so what they wait on travels in the
+catalog: after applying a change to a laptop peer attached here (and once at start), the agent reports
+the catalog position it has applied (`Catalog.observe_host`, host-owned). Only then: reporting after
+every pass would itself be a change every agent sees, and a write per host per change.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog import Catalog, CatalogError, Follower, Host, NotFound, State
+from catalog import Catalog, CatalogError, Change, Follower, Host, NotFound, Peer, State
 from wgmesh import desired, keys, nftrules, wgctl
 from wgmesh.applied import write_applied
 from wgmesh.errors import MeshError
@@ -188,17 +193,24 @@ class Agent:
             self.renew = True
             self._start_interface()
 
+    def _peer_changed(self, changes: list[Change]) -> bool:
+        """A laptop peer attached to this host was added, rekeyed or removed (a delete carries the last row)."""
+        return any(isinstance(c.record, Peer) and c.record.host == self.config.host for c in changes)
+
     def run(self, stop: threading.Event) -> None:
         """Follow the catalog until `stop` is set. Synchronous on purpose: every step is a netlink call
         or a short `wg` process, and pyroute2's sync API runs its own event loop internally."""
         follower = Follower(self.catalog)
         due = 0.0  # monotonic time of the next reconcile even without a change
+        report = True  # a pass to report once it succeeds: the first, and any that changes a peer of ours
         while True:
             try:
+                position = self.catalog.position()  # before the poll: the state polled holds at least this
                 changes = follower.poll()
             except (CatalogError, sqlite3.Error) as exc:
                 log.error("reading the catalog failed (retrying): %s", exc)
                 changes = []
+            report = report or self._peer_changed(changes)
             if self.proc is not None and self.proc.poll() is not None:
                 due = 0.0  # wireguard-go died: restart it now, not at the next resync
             forced = time.monotonic() >= due
@@ -206,6 +218,9 @@ class Agent:
                 try:
                     self._check_child()
                     self.reconcile(follower.state, force=forced)
+                    if report:
+                        self.catalog.observe_host(self.config.host, position)
+                        report = False
                     if forced:
                         due = time.monotonic() + self.config.resync
                 except (MeshError, CatalogError, OSError, sqlite3.Error) as exc:

@@ -2,7 +2,7 @@
 
 Everything that can be refused is checked before the catalog write, and a failure after it (the
 config file cannot be written) deletes the row again, so nothing half-registered stays behind. After
-a write the command waits until the gateway's agent reports the new catalog version applied.
+a write the command waits until the gateway's agent reports (in the catalog) that it has applied it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 
 from catalog import Catalog, Host, NotFound, Peer, State, addressing
 from wgmesh import keys
-from wgmesh.applied import read_applied
 from wgmesh.desired import endpoint_of
 from wgmesh.errors import MeshError
 from wgmesh.peerconf import PeerConfig, check_file, check_peer_name, render
@@ -74,11 +73,14 @@ def choose_gateway(cat: Catalog, state: State, region: str | None) -> Host:
     return gateways[0]
 
 
-def wait_applied(state_dir: Path, host: str, version: int, timeout: float = WAIT) -> bool:
+def wait_applied(cat: Catalog, host: str, position: int, timeout: float = WAIT) -> bool:
+    """Until `host`'s mesh agent reports (through the catalog, so from any host of the fleet) that it has
+    applied the catalog up to `position`: that of our own write (`cat.written`), not the latest, which a host
+    that applied ours already may never report."""
     deadline = time.monotonic() + timeout
     while True:
-        applied = read_applied(state_dir, host)
-        if applied is not None and applied >= version:
+        cat.position()  # on the operator's seat, syncs the replica: the report is a host's write
+        if cat.host(host).mesh_applied >= position:
             return True
         if time.monotonic() >= deadline:
             return False
@@ -127,7 +129,7 @@ def create(cat: Catalog, org: str, region: str | None = None, name: str | None =
     gateway = choose_gateway(cat, cat.snapshot(), region)
     _gateway_ready(gateway)
     peer = cat.create_peer(org, name, gateway.name, pair.public, network)
-    version = cat.version()
+    position = cat.written
     try:
         config = _config(cat, peer, gateway, pair.private or None)
         if file is not None:
@@ -135,7 +137,7 @@ def create(cat: Catalog, org: str, region: str | None = None, name: str | None =
     except BaseException:
         cat.delete_peer(name)
         raise
-    return Created(peer, gateway, config, wait_applied(cat.state_dir, gateway.name, version, wait))
+    return Created(peer, gateway, config, wait_applied(cat, gateway.name, position, wait))
 
 
 def _own_peer(cat: Catalog, org: str, name: str) -> Peer:
@@ -155,7 +157,7 @@ def list_peers(cat: Catalog, org: str) -> list[tuple[Peer, Host | None]]:
 def remove(cat: Catalog, org: str, name: str, wait: float = WAIT) -> Peer:
     peer = _own_peer(cat, org, name)
     cat.delete_peer(name)
-    if not wait_applied(cat.state_dir, peer.host, cat.version(), wait):
+    if not wait_applied(cat, peer.host, cat.written, wait):
         raise MeshError(f"peer {name} is removed from the catalog, but gateway {peer.host} has not applied it "
                         f"within {wait:.0f}s (is its mesh agent running?)")
     return peer
@@ -173,7 +175,7 @@ def reset(cat: Catalog, org: str, name: str, file: Path | None = None, public_ke
     _gateway_ready(gateway)
     old_key = peer.public_key
     peer = cat.set_peer_key(name, pair.public)
-    version = cat.version()
+    position = cat.written
     try:
         config = _config(cat, peer, gateway, pair.private or None)
         if file is not None:
@@ -181,7 +183,7 @@ def reset(cat: Catalog, org: str, name: str, file: Path | None = None, public_ke
     except BaseException:
         cat.set_peer_key(name, old_key)
         raise
-    if not wait_applied(cat.state_dir, gateway.name, version, wait):
+    if not wait_applied(cat, gateway.name, position, wait):
         raise MeshError(f"peer {name} has new keys in the catalog, but gateway {gateway.name} has not applied them "
                         f"within {wait:.0f}s (is its mesh agent running?)")
     return Created(peer, gateway, config, True)

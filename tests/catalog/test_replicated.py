@@ -145,6 +145,33 @@ def test_a_stale_report_never_overwrites_a_newer_one(world: ReplicatedCatalog, n
     worker.close()
 
 
+
+def test_a_hosts_mesh_report_travels_forward_only_and_survives_global_writes(
+        world: ReplicatedCatalog, nats: NatsServer, tmp_path: Path) -> None:
+    """`mesh_applied` is what `sixpn wg create` waits on from any host: the host's own report, in the stream."""
+    gateway = ReplicatedCatalog(host_config(nats, tmp_path / "worker-gru", "worker-gru", "worker"))
+    gateway.sync()
+    position = gateway.position()
+    assert gateway.observe_host("worker-gru", position).mesh_applied == position
+    assert Catalog(tmp_path / "worker-gru").host("worker-gru").mesh_applied == position  # local first
+    assert gateway.observe_host("worker-gru", position - 1).mesh_applied == position  # never backwards
+    with pytest.raises(CatalogError, match="cannot report for host worker-gig"):
+        gateway.observe_host("worker-gig", position)
+    bodies = [row[0] for row in gateway.db.execute("SELECT body FROM outbox ORDER BY id")]
+    assert len(bodies) == 1
+    stale = json.dumps({"v": 1, "host": {"mesh_applied": 1}}).encode()
+    for body in (bodies[0].encode(), stale):  # the report, then an older one (a retry, a reordering)
+        gateway.link.publish(host_subject("worker-gru"), body)
+    world.set_host_key("worker-gru", "k" * 43 + "=")  # a global write carries the writer's older mesh_applied
+    assert world.written > position
+    for replica in (world, gateway):
+        replica.sync()
+        host = Catalog(replica.state_dir).host("worker-gru")
+        assert (host.mesh_applied, host.public_key) == (position, "k" * 43 + "=")
+    assert rows(tmp_path / "worker-gru") == rows(tmp_path / "op")
+    gateway.close()
+
+
 async def _publish_raw(url: str, subject: str, data: bytes) -> None:
     nc = await nats.connect(url)
     await nc.jetstream().publish(subject, data)
@@ -162,6 +189,8 @@ def test_malformed_and_foreign_messages_are_skipped_everywhere_alike(
         (GLOBAL_SUBJECT, json.dumps({"v": 1, "ops": [["put", "org", {"name": "ok", "network": "ok"}],
                                                      ["drop", "table"]]}).encode()),  # all or nothing
         (host_subject("worker-gru"), json.dumps({"v": 1, "machine": "00", "observed": {"state": "x"}}).encode()),
+        (host_subject("worker-gru"), json.dumps({"v": 1, "host": {"mesh_applied": "9"}}).encode()),
+        (host_subject("worker-gru"), json.dumps({"v": 1, "host": {"mesh_applied": 9, "public_key": "x"}}).encode()),
         ("sixpn.cat.other", b"{}"),
     ]
     for subject, data in bad:

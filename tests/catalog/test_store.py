@@ -37,6 +37,21 @@ def test_every_write_gets_the_next_version(cat: Catalog) -> None:
     assert changes[-1].record == cat.machine(machine.id)
 
 
+def test_written_is_the_position_of_the_handles_own_last_write(cat: Catalog, tmp_path: Path,
+                                                              make_catalog: MakeCatalog) -> None:
+    cat.create_org("initech")
+    mine = cat.written
+    assert mine == cat.position()
+    other = make_catalog(tmp_path / "state")
+    try:
+        other.create_org("umbrella")
+        assert other.written > mine and cat.written == mine  # another handle's write is not ours
+    finally:
+        other.close()
+    cat.set_host_key("gw-gru", "k" * 43 + "=")
+    assert cat.host("gw-gru").mesh_applied == 0 and cat.written > mine
+
+
 def test_snapshot_plus_changes_equals_later_snapshot(cat: Catalog) -> None:
     early = cat.snapshot()
     m1 = cat.create_machine("web", "worker-gru", state="started")
