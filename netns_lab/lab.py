@@ -41,9 +41,9 @@ WG_SOCKETS = Path("/var/run/wireguard")
 DEFAULT_ID = "sx"
 READY_TIMEOUT = 15.0
 CLUSTER_TIMEOUT = 20.0
-#: The lab's catalog until the replicated one is the default: `embedded` (one SQLite shared by every host
-#: namespace, no NATS) or `replicated` (a replica per host over the lab's NATS cluster).
-DEFAULT_CATALOG = "embedded"
+#: The lab's catalog: `replicated` (a replica per host over the lab's NATS cluster, as a real fleet runs) or
+#: `embedded` (one SQLite shared by every host namespace, no NATS; quicker to start, for tests of one service).
+DEFAULT_CATALOG = "replicated"
 CATALOG_ENV = "SIXPN_LAB_CATALOG"
 
 

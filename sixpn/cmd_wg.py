@@ -73,7 +73,7 @@ def mesh_agent(args: argparse.Namespace) -> None:
         state_dir=state_dir(args), host=args.host, ifname=args.interface,
         key_file=args.key_file, listen_port=args.listen_port, resync=args.resync, wg_log=args.wg_log,
         userspace=args.userspace,
-    ))
+    ), open_catalog(args))
 
 
 def mesh_status(args: argparse.Namespace) -> None:

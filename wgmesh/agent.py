@@ -244,12 +244,12 @@ def in_order(ops: list[Op]) -> list[list[WgOp] | NetOp]:
     return out
 
 
-def run_agent(config: AgentConfig) -> None:
-    """Run until SIGTERM/SIGINT; the interface goes away with our wireguard-go child."""
+def run_agent(config: AgentConfig, catalog: Catalog) -> None:
+    """Run until SIGTERM/SIGINT; the interface goes away with our wireguard-go child. `catalog` is the host's
+    (on a fleet its replica, whose reports the host's replicator publishes); it is closed on the way out."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _sig, _frame: stop.set())
-    catalog = Catalog(config.state_dir)
     agent = Agent(config, catalog)
     try:
         agent.start(stop)
