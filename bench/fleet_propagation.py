@@ -44,6 +44,7 @@ class SeqWatch(threading.Thread):
         self.db = sqlite3.connect(state_dir / "catalog.db", check_same_thread=False)
         self.seen: dict[int, float] = {}
         self.stop = False
+        self.interval = 0.0002  # while measuring propagation; coarser during the write burst (the GIL is shared)
 
     def run(self) -> None:
         last = 0
@@ -55,7 +56,7 @@ class SeqWatch(threading.Thread):
                 for s in range(last + 1, seq + 1):
                     self.seen[s] = now
                 last = seq
-            time.sleep(0.0002)
+            time.sleep(self.interval)
 
 
 def main() -> None:
@@ -99,6 +100,8 @@ def main() -> None:
                 op.set_machine_metadata(machine.id, {"i": str(i)})
                 starts[op.replica_seq()] = began
                 time.sleep(0.005)
+            for w in watches:
+                w.interval = 0.01
             cpu_before = [cpu_seconds(p.pid) for p in procs]
             burst_from = op.replica_seq()
             started = time.perf_counter()

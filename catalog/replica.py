@@ -112,7 +112,8 @@ class Applier:
         """Apply messages in order; returns (applied, skipped). Messages at or below `meta.seq` are already
         applied and ignored; a gap (a sequence missing) stops the batch, the caller fetches again."""
         applied = skipped = 0
-        seq = meta(self.db, "seq")
+        seq = start = meta(self.db, "seq")
+        global_seq = None
         for message in messages:
             if message.seq <= seq:
                 continue
@@ -125,9 +126,12 @@ class Applier:
                 log.warning("skipped stream message %d on %s: %s", message.seq, message.subject, exc)
                 skipped += 1
             seq = message.seq
-            set_meta(self.db, "seq", seq)
             if message.subject == GLOBAL_SUBJECT:  # skipped or not: the next global write expects it last
-                set_meta(self.db, "global_seq", seq)
+                global_seq = seq
+        if seq != start:  # once per batch, in the caller's transaction with the rows
+            set_meta(self.db, "seq", seq)
+        if global_seq is not None:
+            set_meta(self.db, "global_seq", global_seq)
         return applied, skipped
 
     def _apply_one(self, message: Message) -> None:
