@@ -8,12 +8,15 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hostagent.agent import Agent, Options
 from hostagent.errors import HostAgentError
 from hostagent.sandbox import SETPRIV
 from sixpn.context import open_catalog
 from sixpn.registry import Registry
+
+if TYPE_CHECKING:
+    from hostagent.agent import Agent
 
 ERRORS = (HostAgentError,)
 DEFAULT_RUN_DIR = Path("/run/sixpn/agent")
@@ -43,6 +46,8 @@ def check_tools() -> None:
 
 
 def host_agent(args: argparse.Namespace) -> None:
+    from hostagent.agent import Agent, Options  # the agent's imports only in the agent's process
+
     check_tools()
     options = Options(host=args.host, run_dir=args.run_dir, netns_prefix=args.netns_prefix, log_dir=args.log_dir,
                       shares=tuple(args.share), ro_binds=tuple(args.ro_bind))

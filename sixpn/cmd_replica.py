@@ -9,12 +9,8 @@ import json
 import logging
 import signal
 
-import uvloop
-
 from catalog import CatalogError
 from catalog.fleetconfig import HostConfig
-from catalog.replicated import ReplicatedCatalog
-from catalog.replicator import Replicator
 from sixpn.context import host_config
 from sixpn.registry import Registry
 
@@ -39,6 +35,8 @@ def _replicated(args: argparse.Namespace) -> HostConfig:
 def catalog_init(args: argparse.Namespace) -> None:
     if args.replicas < 1 or args.replicas > 5:
         raise CatalogError("--replicas must be 1 to 5")
+    from catalog.replicated import ReplicatedCatalog  # nats-py (and aiohttp under it): only where used
+
     with ReplicatedCatalog(_replicated(args)) as cat:
         cat.init_stream(args.replicas)
         print(f"catalog stream {cat.config.catalog.stream} ready (replicas={args.replicas}), "
@@ -46,6 +44,8 @@ def catalog_init(args: argparse.Namespace) -> None:
 
 
 def catalog_status(args: argparse.Namespace) -> None:
+    from catalog.replicated import ReplicatedCatalog
+
     config = _replicated(args)
     with ReplicatedCatalog(config, fresh_reads=False) as cat:
         seq = cat.replica_seq()
@@ -67,6 +67,10 @@ def catalog_status(args: argparse.Namespace) -> None:
 
 def catalog_replicate(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import uvloop
+
+    from catalog.replicator import Replicator
+
     config = _replicated(args)
 
     async def main() -> None:
